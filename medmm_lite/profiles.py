@@ -1,0 +1,70 @@
+"""Profiles turn one word (smoke / cpu / gpu) into every size a lesson needs.
+
+A lesson never hard-codes a size: it asks its profile, so the same notebook proves
+its code path in CI (smoke), gives readable results on a laptop (cpu) and the best
+results on one GPU (gpu).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    n_studies: int        # cohort size
+    image_size: int       # pixels per side
+    patch_size: int       # ViT patch side
+    dim: int              # model width (image and text)
+    depth: int            # transformer blocks
+    heads: int
+    vocab_size: int       # tokenizer vocabulary
+    max_text_len: int     # report tokens kept
+    batch_size: int
+    steps: int            # pretraining optimiser steps
+    probe_steps: int      # steps for a linear probe / supervised head
+    lr: float
+    device: str           # "cpu" or "cuda"
+    amp: bool             # mixed precision (CUDA only)
+
+    def with_(self, **changes) -> "Profile":
+        """A copy with some sizes changed, e.g. ``p.with_(steps=100)``."""
+        return replace(self, **changes)
+
+
+_PROFILES = {
+    "smoke": dict(n_studies=480, image_size=32, patch_size=8, dim=64, depth=2, heads=4,
+                  vocab_size=300, max_text_len=48, batch_size=64, steps=120,
+                  probe_steps=100, lr=1e-3),
+    "cpu": dict(n_studies=3000, image_size=64, patch_size=8, dim=128, depth=4, heads=4,
+                vocab_size=600, max_text_len=64, batch_size=96, steps=1200,
+                probe_steps=400, lr=5e-4),
+    "gpu": dict(n_studies=12000, image_size=128, patch_size=16, dim=256, depth=6, heads=8,
+                vocab_size=1000, max_text_len=80, batch_size=256, steps=4000,
+                probe_steps=800, lr=5e-4),
+}
+PROFILE_NAMES = tuple(_PROFILES) + ("auto",)
+
+
+def resolve_profile_name(name: str = "auto") -> str:
+    """``auto`` means: the ``MEDMM_PROFILE`` environment variable if set, else gpu with CUDA, else cpu."""
+    if not isinstance(name, str) or name not in PROFILE_NAMES:
+        raise ValueError(f"PROFILE must be one of {PROFILE_NAMES}, got {name!r}")
+    if name != "auto":
+        return name
+    env = os.environ.get("MEDMM_PROFILE", "").strip()
+    if env:
+        if env not in _PROFILES:
+            raise ValueError(f"MEDMM_PROFILE must be one of {tuple(_PROFILES)}, got {env!r}")
+        return env
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def profile(name: str = "auto") -> Profile:
+    """The sizes for a profile name: ``smoke``, ``cpu``, ``gpu`` or ``auto``."""
+    resolved = resolve_profile_name(name)
+    device = "cuda" if torch.cuda.is_available() and resolved == "gpu" else "cpu"
+    return Profile(name=resolved, device=device, amp=device == "cuda", **_PROFILES[resolved])

@@ -1,0 +1,46 @@
+"""A lesson's headline numbers: recorded in the notebook, checked by its smoke test.
+
+``record(name, value)`` prints the number and, when ``MEDMM_RESULTS`` names a JSON
+file (the test runner and ``make course`` set it), merges it into that file.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from .utils import atomic_write_bytes
+
+_RECORDED: dict[str, float] = {}
+
+
+def _as_number(name: str, value) -> float:
+    try:
+        number = float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"record({name!r}, ...) needs a number, got {type(value).__name__}") from err
+    if math.isnan(number):
+        raise ValueError(f"record({name!r}, nan): a headline number is NaN, training has diverged or an input is empty")
+    return number
+
+
+def record(name: str, value) -> float:
+    """Record one headline number of this lesson and return it."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"record name must be an identifier like 'zero_shot_auroc', got {name!r}")
+    number = _as_number(name, value)
+    _RECORDED[name] = number
+    print(f"[record] {name} = {number:.4g}")
+    target = os.environ.get("MEDMM_RESULTS")
+    if target:
+        path = Path(target)
+        existing = json.loads(path.read_text()) if path.exists() else {}
+        existing[name] = number
+        atomic_write_bytes(path, json.dumps(existing, indent=2, sort_keys=True).encode())
+    return number
+
+
+def recorded() -> dict[str, float]:
+    """Everything recorded in this process so far."""
+    return dict(_RECORDED)

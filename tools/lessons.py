@@ -1,0 +1,222 @@
+"""The course's notebook machinery: find lessons, execute them, keep .py and .ipynb paired.
+
+    python -m tools.lessons build [NN ...]   # run lessons in the cpu profile, write notebooks/NN_*.ipynb
+    python -m tools.lessons course           # run every lesson (PROFILE=auto) into build/lessons/, print headlines
+    python -m tools.lessons sync-urls        # rewrite Colab badges and install cells from pyproject's URL
+
+The source of truth is ``notebooks/NN_name.py`` (jupytext percent format). The
+committed ``.ipynb`` carries outputs from a real run; volatile metadata is stripped
+and the profile that made it, with its recorded numbers, is kept in
+``metadata["medmm"]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+BUILD = ROOT / "build"
+LESSON_PATTERN = re.compile(r"^(\d\d)_([a-z0-9_]+)\.py$")
+# Cell metadata that changes from run to run and only adds noise to diffs.
+VOLATILE_CELL_KEYS = ("execution", "papermill", "collapsed", "scrolled", "ExecuteTime")
+VOLATILE_NB_KEYS = ("papermill", "widgets", "language_info")
+
+
+def lessons() -> list[Path]:
+    """Every lesson source, in course order."""
+    return sorted(p for p in NOTEBOOKS.glob("*.py") if LESSON_PATTERN.match(p.name))
+
+
+def find_lesson(key: str) -> Path:
+    matches = [p for p in lessons() if p.stem == key or p.stem.startswith(f"{key}_") or p.name == key]
+    if len(matches) != 1:
+        known = ", ".join(p.stem for p in lessons())
+        raise SystemExit(f"no single lesson matches {key!r}; lessons: {known}")
+    return matches[0]
+
+
+def repository_url() -> str:
+    """The one setting a fork changes: ``[project.urls] Repository`` in pyproject.toml."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return data["project"]["urls"]["Repository"].rstrip("/")
+
+
+def colab_url(lesson: Path) -> str:
+    slug = repository_url().removeprefix("https://github.com/")
+    return f"https://colab.research.google.com/github/{slug}/blob/main/notebooks/{lesson.stem}.ipynb"
+
+
+def colab_badge(lesson: Path) -> str:
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(lesson)})"
+
+
+def install_spec() -> str:
+    return f"medmm-lite @ git+{repository_url()}"
+
+
+def read_source(lesson: Path):
+    import jupytext
+
+    nb = jupytext.read(lesson)
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    return nb
+
+
+def strip_volatile(nb) -> None:
+    for key in VOLATILE_NB_KEYS:
+        nb.metadata.pop(key, None)
+    nb.metadata.get("jupytext", {}).pop("text_representation", None)
+    for cell in nb.cells:
+        for key in VOLATILE_CELL_KEYS:
+            cell.metadata.pop(key, None)
+        cell.pop("id", None)
+        if cell.cell_type == "code":
+            for out in cell.get("outputs", []):
+                out.get("metadata", {}).pop("papermill", None)
+                # tqdm widgets need a live kernel; their saved model ids only churn diffs
+                out.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
+    nb.nbformat_minor = max(nb.nbformat_minor, 5)
+
+
+def execute(lesson: Path, output: Path, *, profile: str | None, parameters: dict | None = None,
+            results: Path | None = None, timeout: int = 1800, log_output: bool = False):
+    """Execute a lesson source with papermill; return the executed notebook.
+
+    ``profile`` goes in through ``MEDMM_PROFILE`` so the notebook's own ``PROFILE = "auto"``
+    picks it up and no injected-parameters cell lands in committed notebooks; tests pass
+    ``parameters`` instead, which papermill injects.
+    """
+    import nbformat
+    import papermill
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    source_nb = output.with_suffix(".source.ipynb")
+    nbformat.write(read_source(lesson), source_nb)
+    env_before = {k: os.environ.get(k) for k in ("MEDMM_PROFILE", "MEDMM_RESULTS")}
+    if results is not None:
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.unlink(missing_ok=True)
+        os.environ["MEDMM_RESULTS"] = str(results)
+    if profile is not None:
+        os.environ["MEDMM_PROFILE"] = profile
+    try:
+        papermill.execute_notebook(
+            str(source_nb), str(output), parameters=parameters or {}, kernel_name="python3",
+            cwd=str(NOTEBOOKS), execution_timeout=timeout, progress_bar=False,
+            log_output=log_output, stderr_file=None,
+        )
+    finally:
+        for key, value in env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        source_nb.unlink(missing_ok=True)
+    return nbformat.read(output, as_version=4)
+
+
+def read_results(path: Path) -> dict[str, float]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def build(keys: list[str], profile: str = "cpu") -> None:
+    """Run lessons in ``profile`` and commit-ready notebooks next to their sources."""
+    import nbformat
+    import torch
+
+    targets = [find_lesson(k) for k in keys] if keys else lessons()
+    for lesson in targets:
+        started = time.time()
+        out = BUILD / "notebooks" / f"{lesson.stem}.ipynb"
+        results_file = BUILD / "notebooks" / f"{lesson.stem}.results.json"
+        print(f"[build] {lesson.name} (profile {profile}) ...", flush=True)
+        nb = execute(lesson, out, profile=profile, results=results_file)
+        strip_volatile(nb)
+        nb.metadata["medmm"] = {
+            "profile": profile,
+            "results": read_results(results_file),
+            "seconds": round(time.time() - started),
+            "torch": torch.__version__.split("+")[0],
+        }
+        nbformat.write(nb, lesson.with_suffix(".ipynb"))
+        print(f"[build] wrote {lesson.with_suffix('.ipynb').name} in {time.time() - started:.0f} s", flush=True)
+
+
+def course() -> int:
+    """``make course``: every lesson with PROFILE=auto into build/lessons/, then one table."""
+    out_dir = BUILD / "lessons"
+    rows, failed = [], []
+    for lesson in lessons():
+        started = time.time()
+        results_file = out_dir / f"{lesson.stem}.results.json"
+        print(f"[course] running {lesson.stem} ...", flush=True)
+        try:
+            execute(lesson, out_dir / f"{lesson.stem}.ipynb", profile=None, results=results_file)
+        except Exception as err:  # keep going: one broken lesson should not hide the others
+            failed.append(lesson.stem)
+            print(f"[course] {lesson.stem} FAILED: {str(err).splitlines()[0] if str(err) else err!r}", flush=True)
+        seconds = time.time() - started
+        for name, value in read_results(results_file).items():
+            rows.append((lesson.stem, name, value, seconds))
+    print()
+    print(f"{'lesson':34s} {'headline':34s} {'value':>10s}")
+    print("-" * 80)
+    for stem, name, value, _ in rows:
+        print(f"{stem:34s} {name:34s} {value:10.4g}")
+    print(f"\nexecuted notebooks are in {out_dir.relative_to(ROOT)}/")
+    if failed:
+        print(f"failed lessons: {', '.join(failed)} (open build/lessons/<name>.ipynb to see where)")
+        return 1
+    return 0
+
+
+HEADER_BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
+INSTALL_SPEC = re.compile(r"medmm-lite @ git\+[^\"'\s]+")
+
+
+def sync_urls() -> None:
+    """Rewrite every lesson's badge and install cell from pyproject's Repository URL."""
+    for lesson in lessons():
+        text = lesson.read_text()
+        new = HEADER_BADGE.sub(lambda _: colab_badge(lesson), text)
+        new = INSTALL_SPEC.sub(lambda _: install_spec(), new)
+        if new != text:
+            lesson.write_text(new)
+            print(f"updated {lesson.name}")
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    new = re.sub(r"https://colab\.research\.google\.com/github/[^/]+/[^/]+/",
+                 f"https://colab.research.google.com/github/{repository_url().removeprefix('https://github.com/')}/", text)
+    if new != text:
+        readme.write_text(new)
+        print("updated README.md")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.lessons", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_build = sub.add_parser("build", help="execute lessons and write the committed .ipynb files")
+    p_build.add_argument("lessons", nargs="*", help="lesson numbers or names (default: all)")
+    p_build.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "gpu"])
+    sub.add_parser("course", help="run every lesson with PROFILE=auto and print the headline table")
+    sub.add_parser("sync-urls", help="rewrite badges and install cells from pyproject.toml")
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        build(args.lessons, args.profile)
+        return 0
+    if args.command == "course":
+        return course()
+    sync_urls()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
