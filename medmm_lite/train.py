@@ -1,0 +1,545 @@
+"""``fit``: the one small training loop every lesson uses.
+
+Every pretraining objective in the course (CLIP, MAE, captioning, diffusion, ...)
+is "a model, a loss, a dataset"; only the loss changes. So the loop is written
+once, here, with the details that make small runs reliable:
+
+* **Reproducible, resumable sampling.** The batch at global step ``s`` is a pure
+  function of ``(seed, s)``: epoch ``e`` shuffles with
+  ``torch.randperm(n, generator=Generator().manual_seed(seed * 1_000_003 + e))``
+  and drops the last incomplete batch. A run resumed from a checkpoint therefore
+  sees exactly the batches the uninterrupted run would have seen.
+* **AdamW without weight decay on biases, norms and embeddings** (1-D parameters,
+  ``nn.Embedding`` weights, and names like ``pos_embed``/``cls_token``/``token_embedding``):
+  shrinking those towards zero hurts and does not regularise.
+* **Linear warmup, then cosine decay to ``min_lr_ratio * lr``** (the schedule of
+  BERT, MAE and CLIP), and gradient clipping.
+* **Mixed precision on CUDA**: ``torch.autocast`` in bfloat16 where the GPU
+  supports it, else float16 with a ``GradScaler``.
+* **No per-step host-device sync**: losses stay on the device and are copied to
+  the host once every ``log_every`` steps, so the GPU never waits for Python.
+* **Atomic checkpoints and exact resume**: model, optimiser, schedule, scaler,
+  history and RNG states, written to a temporary file and moved into place.
+
+Step numbers are 1-based counts of optimiser updates: ``History.loss[i]`` is the
+loss that drove update ``History.steps[i]``; an evaluation at step ``k`` sees the
+model after ``k`` updates.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import random
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import default_collate
+from tqdm.auto import tqdm
+
+from .utils import atomic_save, get_device
+
+CHECKPOINT_FORMAT = "medmm_lite.fit/1"
+
+# Parameters whose names contain one of these get no weight decay, whatever their shape.
+NO_DECAY_NAME_PARTS = ("pos_embed", "positional_embedding", "cls_token", "class_embedding",
+                       "token_embedding", "mask_token")
+
+
+# --------------------------------------------------------------------------- history
+@dataclass
+class History:
+    """What ``fit`` logged: one entry per optimiser step, plus the evaluations.
+
+    Attributes:
+        steps: update numbers, 1-based.
+        loss: the training loss at each of those steps.
+        lr: the learning rate used at each step.
+        metrics: extra values ``loss_fn`` returned, ``{name: [value per step]}``.
+        evals: ``[(step, {name: value}), ...]`` from ``eval_fn``.
+        seconds: wall-clock training time, summed over resumed runs.
+    """
+
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    @property
+    def final_loss(self) -> float:
+        """Mean training loss over the last 10% of the logged steps (less noisy than the last one)."""
+        if not self.loss:
+            raise ValueError("this History is empty: nothing has been trained yet")
+        tail = self.loss[-max(1, len(self.loss) // 10):]
+        return float(sum(tail) / len(tail))
+
+    def eval_curve(self, name: str) -> tuple[list[int], list[float]]:
+        """``(steps, values)`` of one evaluated metric, for plotting or assertions."""
+        points = [(s, d[name]) for s, d in self.evals if name in d]
+        if not points:
+            known = sorted({k for _, d in self.evals for k in d})
+            raise KeyError(f"no evaluation named {name!r}; evaluated metrics: {known}")
+        return [s for s, _ in points], [v for _, v in points]
+
+    def plot(self, ax=None, smooth: int | None = None):
+        """Draw the training loss (raw and smoothed) and, on a second axis, the evaluations."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 3.5))
+        if self.loss:
+            window = smooth if smooth is not None else max(1, len(self.loss) // 20)
+            ax.plot(self.steps, self.loss, color="tab:blue", alpha=0.3 if window > 1 else 1.0,
+                    label="train loss")
+            if window > 1:
+                kernel = np.ones(window) / window
+                padded = np.concatenate([np.full(window - 1, self.loss[0]), self.loss])
+                ax.plot(self.steps, np.convolve(padded, kernel, mode="valid"), color="tab:blue",
+                        label=f"train loss ({window}-step mean)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        handles, labels = ax.get_legend_handles_labels()
+        names = sorted({k for _, d in self.evals for k in d})
+        if names:
+            ax2 = ax.twinx()
+            for i, name in enumerate(names):
+                xs, ys = self.eval_curve(name)
+                ax2.plot(xs, ys, "o-", color=f"C{i + 1}", label=f"eval {name}")
+            ax2.set_ylabel("evaluation")
+            h2, l2 = ax2.get_legend_handles_labels()
+            handles, labels = handles + h2, labels + l2
+        if handles:
+            ax.legend(handles, labels, loc="best", fontsize="small")
+        return ax
+
+    def to_dict(self) -> dict:
+        """Plain lists, dicts, numbers: JSON-able and loadable with ``torch.load(weights_only=True)``."""
+        return {"steps": list(self.steps), "loss": list(self.loss), "lr": list(self.lr),
+                "metrics": {k: list(v) for k, v in self.metrics.items()},
+                "evals": [[int(s), dict(d)] for s, d in self.evals], "seconds": float(self.seconds)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "History":
+        return cls(steps=[int(s) for s in d.get("steps", [])], loss=[float(x) for x in d.get("loss", [])],
+                   lr=[float(x) for x in d.get("lr", [])],
+                   metrics={k: [float(x) for x in v] for k, v in d.get("metrics", {}).items()},
+                   evals=[(int(s), {k: float(v) for k, v in m.items()}) for s, m in d.get("evals", [])],
+                   seconds=float(d.get("seconds", 0.0)))
+
+
+# --------------------------------------------------------------------------- pieces
+def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
+    """The learning-rate multiplier for (0-based) update ``step``.
+
+    Linear warmup ``(step + 1) / warmup_steps``, so the first update already moves,
+    then a half cosine from 1 down to ``min_lr_ratio``, reached by the last update.
+    Same formula as ``transformers.get_cosine_with_min_lr_schedule_with_warmup_lr_rate``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps + 1) / max(1, total_steps - warmup_steps)
+    progress = min(progress, 1.0)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
+    """The dataset indices of the batch at 0-based ``step``: a pure function of its arguments."""
+    per_epoch = n // batch_size
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
+class _BatchPlan:
+    """``batch_indices`` with the current epoch's permutation kept, so each epoch shuffles once."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.per_epoch = n // batch_size
+        self._epoch, self._order = None, None
+
+    def __call__(self, step: int) -> list[int]:
+        epoch, position = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._order = epoch, torch.randperm(self.n, generator=generator)
+        return self._order[position * self.batch_size:(position + 1) * self.batch_size].tolist()
+
+
+def fetch_batch(dataset, indices: list[int], collate_fn=None):
+    """Get one batch. A dataset with ``__getitems__`` is asked for the whole batch in one call
+    (the fast path for in-memory cohorts); its answer is collated if it is a list of samples
+    (as ``torch.utils.data.Subset`` returns) and used as it is otherwise. Other datasets are
+    indexed sample by sample and collated (``default_collate`` unless ``collate_fn`` is given)."""
+    if callable(getattr(dataset, "__getitems__", None)):
+        items = dataset.__getitems__(indices)
+        if collate_fn is not None:
+            return collate_fn(items)
+        if isinstance(items, list) and len(items) == len(indices):
+            return default_collate(items)
+        return items
+    return (collate_fn or default_collate)([dataset[i] for i in indices])
+
+
+def move_to_device(batch, device):
+    """Move every tensor inside dicts, lists and tuples to ``device``; leave everything else."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        moved = {k: move_to_device(v, device) for k, v in batch.items()}
+        try:
+            return type(batch)(moved)
+        except TypeError:
+            return moved
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(move_to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
+def param_groups(model: nn.Module, weight_decay: float, params=None) -> list[dict]:
+    """AdamW parameter groups: weight decay on weight matrices and kernels only.
+
+    No decay on 1-D parameters (biases, norm scales), ``nn.Embedding`` weights, and
+    parameters named like one of ``NO_DECAY_NAME_PARTS`` (positional embeddings, class
+    and mask tokens). ``params`` restricts training to some parameters of ``model``
+    (default: every parameter with ``requires_grad``).
+    """
+    names: dict[int, str] = {}
+    for name, p in model.named_parameters():
+        names.setdefault(id(p), name)
+    embedding_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding)
+                     for p in m.parameters(recurse=False)}
+    if params is None:
+        chosen = [p for p in model.parameters() if p.requires_grad]
+    else:
+        chosen, seen = [], set()
+        for p in params:
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"params must be an iterable of parameters, got a {type(p).__name__}")
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if id(p) not in names:
+                raise ValueError(f"params holds a tensor of shape {tuple(p.shape)} that is not a parameter of "
+                                 "the model: fit moves and checkpoints only the model's parameters; make it an "
+                                 "attribute of the model (e.g. an nn.Parameter on it)")
+            if not p.requires_grad:
+                raise ValueError(f"params holds {names[id(p)]!r}, which has requires_grad=False and would never "
+                                 "train; set requires_grad=True on it or leave it out of params")
+            chosen.append(p)
+    if not chosen:
+        raise ValueError("there is nothing to train: the model has no parameter with requires_grad=True "
+                         "(or params is empty)")
+    decay, no_decay = [], []
+    for p in chosen:
+        name = names[id(p)]
+        if p.ndim < 2 or id(p) in embedding_ids or any(part in name for part in NO_DECAY_NAME_PARTS):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# --------------------------------------------------------------------------- checks
+def _positive_int(name: str, value, *, allow_none: bool = False, minimum: int = 1):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def _split_loss_output(out, step: int):
+    """``loss`` or ``(loss, {name: value})`` -> ``(loss, logs)``, with a clear error otherwise."""
+    logs = {}
+    if isinstance(out, tuple):
+        if len(out) != 2 or not isinstance(out[1], Mapping):
+            raise TypeError("loss_fn(model, batch) must return a loss tensor or (loss, {name: value}); "
+                            f"got a tuple of {len(out)} items")
+        out, logs = out
+    if not isinstance(out, torch.Tensor) or out.numel() != 1:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TypeError(f"loss_fn(model, batch) must return a scalar tensor (then backward works); got {shape} "
+                        f"at step {step}. Reduce it, e.g. loss.mean()")
+    if not out.requires_grad:
+        raise RuntimeError("the loss does not require grad: no trainable parameter was used to compute it "
+                           "(is everything frozen, or was it computed under torch.no_grad()?)")
+    return out.reshape(()), logs
+
+
+def _scalar_log(name: str, value):
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"logged value {name!r} must be a scalar, got shape {tuple(value.shape)}")
+        return value.detach().float().reshape(())
+    return torch.tensor(float(value))
+
+
+def _rng_state(device: torch.device) -> dict:
+    py_version, py_state, py_gauss = random.getstate()
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+        "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+    }
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["gauss"]))
+
+
+def _check_architecture(path: Path, checkpoint_state: Mapping, model: nn.Module) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(checkpoint_state))
+    unexpected = sorted(set(checkpoint_state) - set(expected))
+    reshaped = sorted(f"{k}: {tuple(checkpoint_state[k].shape)} in the file, {tuple(v.shape)} in the model"
+                      for k, v in expected.items()
+                      if k in checkpoint_state and tuple(checkpoint_state[k].shape) != tuple(v.shape))
+    if missing or unexpected or reshaped:
+        def few(items):
+            return f"{items[:8]}{f' and {len(items) - 8} more' if len(items) > 8 else ''}"
+        raise ValueError(f"checkpoint {path} was written for a different model: missing keys {few(missing)}, "
+                         f"unexpected keys {few(unexpected)}"
+                         + (f", mismatched shapes {few(reshaped)}" if reshaped else "")
+                         + "; delete it or use another checkpoint_path")
+
+
+# --------------------------------------------------------------------------- fit
+def fit(model: nn.Module, loss_fn, dataset, *, steps: int, batch_size: int, lr: float,
+        weight_decay: float = 0.05, warmup_steps: int | None = None, min_lr_ratio: float = 0.1,
+        grad_clip: float | None = 1.0, device=None, amp: bool | None = None, seed: int = 0,
+        eval_fn=None, eval_every: int | None = None, checkpoint_path=None,
+        checkpoint_every: int | None = None, collate_fn=None, params=None, progress: bool = True,
+        desc: str | None = None, log_every: int = 10) -> History:
+    """Train ``model`` in place for ``steps`` optimiser updates and return its :class:`History`.
+
+    Args:
+        model: the ``nn.Module``; it is moved to ``device``.
+        loss_fn: ``loss_fn(model, batch) -> loss`` or ``(loss, {name: scalar})``; the extra
+            values are logged per step in ``History.metrics``.
+        dataset: any map-style dataset (``len`` and indexing). Batches are drawn by a seeded
+            shuffle (see the module docstring) and moved to ``device``.
+        steps, batch_size, lr: updates to make, samples per update, peak learning rate.
+        weight_decay: AdamW decay on weight matrices (see :func:`param_groups`).
+        warmup_steps: linear warmup length; default 5% of ``steps``.
+        min_lr_ratio: the cosine ends at ``min_lr_ratio * lr``.
+        grad_clip: maximum global gradient norm; ``None`` or 0 turns clipping off.
+        device: default :func:`medmm_lite.get_device` (CUDA when available).
+        amp: mixed precision; default on for CUDA, never on CPU.
+        seed: fixes the batch order (and nothing else: seed the model yourself).
+        eval_fn: ``eval_fn(model) -> {name: float}``, run in eval mode without gradients every
+            ``eval_every`` steps (default: only at the end) and at the end.
+        checkpoint_path: write a checkpoint there every ``checkpoint_every`` steps (default: a
+            tenth of the run) and at the end; if the file exists, resume from it. A finished
+            checkpoint makes ``fit`` load the weights and return at once.
+        collate_fn: turns a list of samples into a batch (default ``default_collate``).
+        params: train only these parameters of ``model`` (default: all with ``requires_grad``).
+        progress, desc: show a tqdm bar, with this label.
+        log_every: copy losses to the host (one sync) every this many steps.
+    """
+    steps = _positive_int("steps", steps)
+    batch_size = _positive_int("batch_size", batch_size)
+    log_every = _positive_int("log_every", log_every)
+    seed = _positive_int("seed", seed, minimum=0)
+    eval_every = _positive_int("eval_every", eval_every, allow_none=True)
+    checkpoint_every = _positive_int("checkpoint_every", checkpoint_every, allow_none=True)
+    if not (isinstance(lr, numbers.Real) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not (isinstance(weight_decay, numbers.Real) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    if not (isinstance(min_lr_ratio, numbers.Real) and 0 <= min_lr_ratio <= 1):
+        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
+    if warmup_steps is None:
+        warmup_steps = int(round(0.05 * steps))
+    warmup_steps = _positive_int("warmup_steps", warmup_steps, minimum=0)
+    if warmup_steps > steps:
+        raise ValueError(f"warmup_steps={warmup_steps} is longer than the run (steps={steps})")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
+    if eval_fn is not None and not callable(eval_fn):
+        raise TypeError(f"eval_fn must be callable as eval_fn(model), got {type(eval_fn).__name__}")
+    try:
+        n = len(dataset)
+    except TypeError as err:
+        raise TypeError(f"dataset must be a map-style dataset with len(), got {type(dataset).__name__}") from err
+    if n < batch_size:
+        raise ValueError(f"the dataset has {n} samples, fewer than batch_size={batch_size}; "
+                         "lower batch_size (batches are full: the last incomplete one is dropped)")
+
+    device = get_device() if device is None else torch.device(device)
+    if amp is None:
+        amp = device.type == "cuda"
+    if amp and device.type != "cuda":
+        warnings.warn("amp=True is for CUDA only; training in float32 on " + str(device), stacklevel=2)
+        amp = False
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    if checkpoint_path is not None and checkpoint_every is None:
+        checkpoint_every = max(1, steps // 10)
+
+    model.to(device)
+    groups = param_groups(model, weight_decay, params)
+    trainable = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, total_steps=steps, warmup_steps=warmup_steps,
+                                           min_lr_ratio=min_lr_ratio))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    config = {"steps": steps, "batch_size": batch_size, "lr": float(lr), "weight_decay": float(weight_decay),
+              "warmup_steps": warmup_steps, "min_lr_ratio": float(min_lr_ratio),
+              "grad_clip": float(grad_clip or 0.0), "seed": seed, "amp": bool(amp), "dataset_size": n}
+
+    history, start = History(), 0
+    path = Path(checkpoint_path) if checkpoint_path is not None else None
+    if path is not None and path.exists():
+        start, history = _resume(path, model, optimizer, scheduler, scaler, config, device)
+        if start >= steps:
+            return history
+
+    def save_checkpoint(step: int) -> None:
+        state = {"format": CHECKPOINT_FORMAT, "step": step, "config": config,
+                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                 "history": history.to_dict(), "rng": _rng_state(device)}
+        atomic_save(lambda tmp: torch.save(state, tmp), path)
+
+    plan = _BatchPlan(n, batch_size, seed)
+    pending: list[tuple[int, float, torch.Tensor, dict]] = []  # steps not yet copied to the host
+
+    def flush() -> None:
+        """Copy the pending losses to the host in one transfer and append them to the history."""
+        if not pending:
+            return
+        scalars = [loss for _, _, loss, _ in pending] + [v for *_, logs in pending for v in logs.values()]
+        on_device = [i for i, t in enumerate(scalars) if t.device.type != "cpu"]
+        values = [t.item() if t.device.type == "cpu" else None for t in scalars]
+        if on_device:
+            copied = torch.stack([scalars[i] for i in on_device]).cpu().tolist()
+            for i, v in zip(on_device, copied):
+                values[i] = v
+        losses, extra = values[:len(pending)], iter(values[len(pending):])
+        for (step, step_lr, _, logs), loss in zip(pending, losses):
+            if math.isnan(loss) or (math.isinf(loss) and not scaler.is_enabled()):
+                raise FloatingPointError(
+                    f"the training loss became {loss} at step {step}: training diverged. Lower lr "
+                    f"(now {lr}), keep grad_clip on, or look for a log of 0 / division by 0 in the loss")
+            history.steps.append(step)
+            history.loss.append(loss)
+            history.lr.append(step_lr)
+            step_values = {name: next(extra) for name in logs}  # same order as they were queued
+            known = len(history.steps) - 1
+            for name in step_values:
+                history.metrics.setdefault(name, [math.nan] * known)  # a name first seen now
+            for name, column in history.metrics.items():
+                column.append(step_values.get(name, math.nan))
+        pending.clear()
+        window = history.loss[-log_every:]
+        bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", lr=f"{history.lr[-1]:.2e}", refresh=False)
+
+    def evaluate(step: int) -> None:
+        model.eval()
+        try:
+            with torch.no_grad():
+                result = eval_fn(model)
+        finally:
+            model.train()
+        if not isinstance(result, Mapping):
+            raise TypeError(f"eval_fn(model) must return a dict of floats, got {type(result).__name__}")
+        history.evals.append((step, {str(k): float(v) for k, v in result.items()}))
+
+    bar = tqdm(total=steps, initial=start, desc=desc or "fit", disable=not progress, dynamic_ncols=True)
+    model.train()
+    started = time.perf_counter()
+    try:
+        for step in range(start, steps):
+            batch = move_to_device(fetch_batch(dataset, plan(step), collate_fn), device)
+            step_lr = scheduler.get_last_lr()[0]
+            with torch.autocast(device_type="cuda", dtype=amp_dtype) if amp else contextlib.nullcontext():
+                loss, logs = _split_loss_output(loss_fn(model, batch), step + 1)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+
+            done = step + 1
+            pending.append((done, step_lr, loss.detach().float(),
+                            {k: _scalar_log(k, v) for k, v in logs.items()}))
+            last = done == steps
+            if done % log_every == 0 or last:
+                flush()
+            if eval_fn is not None and ((eval_every and done % eval_every == 0) or last):
+                flush()
+                evaluate(done)
+            if path is not None and (done % checkpoint_every == 0 or last):
+                flush()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                now = time.perf_counter()
+                history.seconds += now - started
+                started = now
+                save_checkpoint(done)
+            bar.update(1)
+        flush()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        history.seconds += time.perf_counter() - started
+    finally:
+        bar.close()
+    return history
+
+
+def _resume(path: Path, model, optimizer, scheduler, scaler, config: dict, device) -> tuple[int, History]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RuntimeError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); "
+                           "delete it to train from the start") from err
+    if not isinstance(state, Mapping) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a checkpoint written by medmm_lite.train.fit; "
+                         "delete it or use another checkpoint_path")
+    _check_architecture(path, state["model"], model)
+    different = {k: (state["config"].get(k), v) for k, v in config.items() if state["config"].get(k) != v}
+    if different:
+        listed = ", ".join(f"{k}={old!r} there but {new!r} now" for k, (old, new) in different.items())
+        raise ValueError(f"checkpoint {path} was written by a run with other settings ({listed}); resuming "
+                         "would not reproduce either run. Delete it or use another checkpoint_path")
+    model.load_state_dict(state["model"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as err:
+        raise ValueError(f"checkpoint {path} trained a different set of parameters ({err}); "
+                         "delete it or use another checkpoint_path") from err
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"], device)
+    return int(state["step"]), History.from_dict(state["history"])
+
+
+__all__ = ["fit", "History", "warmup_cosine", "param_groups", "batch_indices", "fetch_batch",
+           "move_to_device", "NO_DECAY_NAME_PARTS", "CHECKPOINT_FORMAT"]
