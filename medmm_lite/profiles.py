@@ -36,15 +36,18 @@ class Profile:
 
 
 _PROFILES = {
+    # CI on 2 CPU cores: every lesson well under 90 s, yet enough steps to show a learning signal.
     "smoke": dict(n_studies=480, image_size=32, patch_size=8, dim=64, depth=2, heads=4,
-                  vocab_size=300, max_text_len=48, batch_size=64, steps=120,
-                  probe_steps=100, lr=1e-3),
-    "cpu": dict(n_studies=3000, image_size=64, patch_size=8, dim=128, depth=4, heads=4,
-                vocab_size=600, max_text_len=64, batch_size=96, steps=1200,
-                probe_steps=400, lr=5e-4),
+                  vocab_size=500, max_text_len=80, batch_size=64, steps=300,
+                  probe_steps=200, lr=1e-3),
+    # A laptop or Colab CPU: each lesson under 10 minutes. A ViT step here costs ~0.1 s on 2 cores.
+    "cpu": dict(n_studies=3000, image_size=64, patch_size=8, dim=96, depth=3, heads=4,
+                vocab_size=600, max_text_len=96, batch_size=64, steps=600,
+                probe_steps=300, lr=1e-3),
+    # One GPU (a Colab T4 at least).
     "gpu": dict(n_studies=12000, image_size=128, patch_size=16, dim=256, depth=6, heads=8,
-                vocab_size=1000, max_text_len=80, batch_size=256, steps=4000,
-                probe_steps=800, lr=5e-4),
+                vocab_size=1000, max_text_len=128, batch_size=256, steps=3000,
+                probe_steps=500, lr=5e-4),
 }
 PROFILE_NAMES = tuple(_PROFILES) + ("auto",)
 

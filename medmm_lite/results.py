@@ -25,8 +25,8 @@ def _as_number(name: str, value) -> float:
     return number
 
 
-def record(name: str, value) -> float:
-    """Record one headline number of this lesson and return it."""
+def record(name: str, value) -> None:
+    """Record one headline number of this lesson (printed, and saved when ``MEDMM_RESULTS`` is set)."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"record name must be an identifier like 'zero_shot_auroc', got {name!r}")
     number = _as_number(name, value)
@@ -38,7 +38,6 @@ def record(name: str, value) -> float:
         existing = json.loads(path.read_text()) if path.exists() else {}
         existing[name] = number
         atomic_write_bytes(path, json.dumps(existing, indent=2, sort_keys=True).encode())
-    return number
 
 
 def recorded() -> dict[str, float]:

@@ -31,6 +31,7 @@ import contextlib
 import math
 import numbers
 import random
+import os
 import time
 import warnings
 from collections.abc import Mapping
@@ -469,7 +470,11 @@ def fit(model: nn.Module, loss_fn, dataset, *, steps: int, batch_size: int, lr: 
             raise TypeError(f"eval_fn(model) must return a dict of floats, got {type(result).__name__}")
         history.evals.append((step, {str(k): float(v) for k, v in result.items()}))
 
-    bar = tqdm(total=steps, initial=start, desc=desc or "fit", disable=not progress, dynamic_ncols=True)
+    # Executed notebooks (papermill; MEDMM_PROGRESS=text) get one summary line instead of a
+    # widget whose saved state would read "0%" forever.
+    summary_only = progress and os.environ.get("MEDMM_PROGRESS") == "text"
+    bar = tqdm(total=steps, initial=start, desc=desc or "fit", disable=not progress or summary_only,
+               dynamic_ncols=True)
     model.train()
     started = time.perf_counter()
     try:
@@ -511,6 +516,9 @@ def fit(model: nn.Module, loss_fn, dataset, *, steps: int, batch_size: int, lr: 
         history.seconds += time.perf_counter() - started
     finally:
         bar.close()
+    if summary_only and start < steps:
+        first, final = history.loss[0] if history.loss else float("nan"), history.final_loss
+        print(f"{desc or 'fit'}: {steps - start} steps in {history.seconds:.1f} s, loss {first:.4f} -> {final:.4f}")
     return history
 
 

@@ -73,10 +73,10 @@ def strip_volatile(nb) -> None:
     for key in VOLATILE_NB_KEYS:
         nb.metadata.pop(key, None)
     nb.metadata.get("jupytext", {}).pop("text_representation", None)
-    for cell in nb.cells:
+    for index, cell in enumerate(nb.cells):
         for key in VOLATILE_CELL_KEYS:
             cell.metadata.pop(key, None)
-        cell.pop("id", None)
+        cell["id"] = f"cell-{index:03d}"  # stable ids: diffs show content changes only
         if cell.cell_type == "code":
             for out in cell.get("outputs", []):
                 out.get("metadata", {}).pop("papermill", None)
@@ -99,7 +99,8 @@ def execute(lesson: Path, output: Path, *, profile: str | None, parameters: dict
     output.parent.mkdir(parents=True, exist_ok=True)
     source_nb = output.with_suffix(".source.ipynb")
     nbformat.write(read_source(lesson), source_nb)
-    env_before = {k: os.environ.get(k) for k in ("MEDMM_PROFILE", "MEDMM_RESULTS")}
+    env_before = {k: os.environ.get(k) for k in ("MEDMM_PROFILE", "MEDMM_RESULTS", "MEDMM_PROGRESS")}
+    os.environ["MEDMM_PROGRESS"] = "text"  # a saved progress widget would read "0%"; print a summary line
     if results is not None:
         results.parent.mkdir(parents=True, exist_ok=True)
         results.unlink(missing_ok=True)
