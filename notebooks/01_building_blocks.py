@@ -49,7 +49,8 @@ import torch.nn.functional as F
 import medmm_lite
 from medmm_lite import backbones
 from medmm_lite import data as D
-from medmm_lite.adapt import Classifier, label_subset, pathology_auroc, predict, supervised_baseline, train_classifier
+from medmm_lite.adapt import (Classifier, label_subset, pathology_auroc, predict, supervised_baseline,
+                              supervised_curve, train_classifier)
 from medmm_lite.eval import bootstrap_ci, clinical_f1, extract_mentions, label_report, labels_matrix
 from medmm_lite.models import TextDecoder, TextEncoder, ViT, count_parameters, patchify, unpatchify
 from medmm_lite.train import fit, warmup_cosine
@@ -334,6 +335,28 @@ axes[1].set_title(f"per finding, {fractions[-1]:.0%} labels", fontsize=10)
 fig.tight_layout()
 
 # %% [markdown]
+# ### Is it the labels, or the ViT?
+#
+# A ViT has almost no built-in knowledge of images: it must learn from data that nearby pixels
+# belong together. A CNN builds that in (local filters, shared across positions). Train the small
+# ResNet-style CNN with all the labels and the same number of steps:
+
+# %%
+cnn_curve = supervised_curve(lambda: backbones.image_encoder(P, kind="cnn"), cohort, splits, fractions=(1.0,),
+                             steps=P.steps, batch_size=P.batch_size, lr=P.lr, seed=SEED, device=device, amp=P.amp,
+                             cache_key={"profile": P.name, "dataset": DATASET, "n_studies": len(cohort),
+                                        "backbone": "cnn"})
+medmm_lite.record("cnn_auroc_100pct", cnn_curve[1.0]["macro"])
+print(f"100% labels, {P.steps} steps: ViT {baseline[1.0]['macro']:.3f}, CNN {cnn_curve[1.0]['macro']:.3f}")
+
+# %% [markdown]
+# At this budget the CNN's built-in prior is worth more than anything the ViT can learn from the
+# labels: with few steps and a few thousand images, a ViT is data-hungry twice over. The course
+# keeps the ViT as its backbone anyway, because MAE (04), local alignment (03) and the VLM (07) need
+# its patch tokens, and because that is where pretraining should help most: pretraining teaches the
+# ViT what images look like before it sees a single label. Whether it does is the question of
+# lessons 02-04 and of the capstone (10).
+#
 # Small, local findings (a nodule, a rib fracture) are the hardest from few labels: a few pixels
 # in a large image. How sure are we of these numbers? A bootstrap over test studies gives an
 # interval (lesson 10 uses it to compare methods honestly):
