@@ -1,0 +1,135 @@
+"""SimCLR: contrastive learning from images alone.
+
+The image-only baseline of every image-text method (the review's "single
+modality" arm). Each training image is augmented twice; the two views are
+encoded, projected by a small MLP, and NT-Xent (``objectives.nt_xent_loss``)
+asks each view to find its twin among the 2N - 1 other views of the batch.
+Whatever survives the augmentations (anatomy, a big heart, an effusion) is
+what the encoder learns to keep; what the augmentations change (window,
+position, blur, noise) it learns to ignore.
+
+Settings from Chen et al. 2020 ("A Simple Framework for Contrastive Learning of
+Visual Representations"): a two-layer MLP projection head with a 128-d output
+(Sec. 4.2; the encoder's features, before the head, are used downstream),
+and temperature 0.1 (Sec. 5.1: the best of the temperatures they compare under
+linear evaluation, and their ImageNet default; their CIFAR-10 runs use 0.5). Augmentations are SimCLR's recipe adapted
+to radiographs (``data.augment.simclr_augment``: strong crops, window jitter,
+blur, noise; no flips and no colour).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.augment import simclr_augment
+from ..data.tensors import TensorDictDataset
+from ..objectives.contrastive import nt_xent_loss
+from ..train import fit
+from .clip import (NEGATIVES, ProjectionHead, SameGroupBatches, _feature_dim, data_fingerprint, profile_key,
+                   recalibrate_batchnorm)
+
+SIMCLR_TEMPERATURE = 0.1
+SIMCLR_PROJ_DIM = 128
+
+
+class SimCLRModel(nn.Module):
+    """An image encoder with SimCLR's projection head (Linear -> ReLU -> Linear to ``proj_dim``).
+
+    ``forward(images)`` returns the projections z (B, proj_dim), not normalised (the loss
+    normalises). Downstream tasks use ``model.encoder``'s global features instead.
+    """
+
+    def __init__(self, image_encoder: nn.Module, proj_dim: int = SIMCLR_PROJ_DIM):
+        super().__init__()
+        if isinstance(proj_dim, bool) or not isinstance(proj_dim, int) or proj_dim < 1:
+            raise ValueError(f"proj_dim must be a positive int, got {proj_dim!r}")
+        self.encoder = image_encoder
+        self.projection = ProjectionHead(_feature_dim(image_encoder, "image"), proj_dim, "mlp")
+        self.proj_dim = proj_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.encoder(images).global_features)
+
+
+def simclr_step(model: SimCLRModel, batch, temperature: float = SIMCLR_TEMPERATURE, augment=simclr_augment,
+                generator=None):
+    """One step's NT-Xent loss for ``fit``: two augmented views of ``batch["image"]``.
+
+    Both views go through the encoder in one call (a batch of 2N), which is faster than
+    two calls and lets nothing about the batch differ between them.
+    """
+    if "image" not in batch:
+        raise KeyError("simclr_step needs a batch with 'image'; build the dataset as TensorDictDataset(image=...)")
+    if augment is None:
+        raise ValueError("SimCLR needs an augmentation: without one the two views are identical and the loss "
+                         "is solved without learning anything. Pass e.g. medmm_lite.data.augment.simclr_augment")
+    images = batch["image"]
+    g = generator if images.device.type == "cpu" else None
+    views = torch.cat([augment(images, generator=g), augment(images, generator=g)])
+    z = model(views)
+    view_a, view_b = z.chunk(2)
+    return nt_xent_loss(view_a, view_b, temperature)
+
+
+def build_simclr(P, *, seed: int = 0, proj_dim: int = SIMCLR_PROJ_DIM) -> SimCLRModel:
+    """The course's SimCLR model for profile ``P`` (standard ViT), initialised from ``seed``."""
+    from ..backbones import image_encoder
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SimCLRModel(image_encoder(P), proj_dim)
+
+
+def pretrain_simclr(P, data, *, seed: int = 0, temperature: float = SIMCLR_TEMPERATURE, steps: int | None = None,
+                    device=None, negatives: str = "random", proj_dim: int = SIMCLR_PROJ_DIM,
+                    lr: float | None = None, batch_size: int | None = None, progress: bool = True,
+                    retrain: bool = False):
+    """Train (or load from the cache) SimCLR on the training split's images (no reports, no labels).
+
+    ``steps``, ``lr`` and ``batch_size`` default to the profile's. ``negatives="random"`` (default)
+    is SimCLR as published; ``"same_site"`` draws each batch from one hospital, as
+    ``clip.pretrain_clip`` does. (For SimCLR it did not help: in a 300-step cpu-profile run the
+    linear probe at 100% labels gave 0.72 with random batches and 0.69 with same-site ones; its
+    augmentations already randomise much of a scanner's look.)
+    Returns ``(model, info)`` with the model in eval mode on ``device``; use ``model.encoder``
+    for probes.
+    """
+    from ..hub import load_or_train
+
+    if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0):
+        raise ValueError(f"temperature must be a positive number (SimCLR: 0.1), got {temperature!r}")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+    steps = steps or P.steps
+    lr = lr or P.lr
+    batch_size = min(batch_size or P.batch_size, len(data.splits["train"]))
+    device = device or P.device
+    train = torch.from_numpy(np.asarray(data.splits["train"], dtype=np.int64))
+    if negatives == "same_site":
+        dataset = SameGroupBatches(np.asarray(data.cohort.site)[train.numpy()], image=data.cohort.images[train])
+    else:
+        dataset = TensorDictDataset(image=data.cohort.images[train])
+
+    def build():
+        return build_simclr(P, seed=seed, proj_dim=proj_dim)
+
+    def train_fn(model):
+        generator = torch.Generator().manual_seed(seed + 1)
+        step = partial(simclr_step, temperature=temperature, generator=generator)
+        history = fit(model, step, dataset, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                      amp=P.amp, progress=progress, desc=f"SimCLR T={temperature}")
+        # the head's BatchNorm statistics for the final weights (see clip.recalibrate_batchnorm)
+        recalibrate_batchnorm(model, data.cohort.images[train])
+        return history
+
+    key = {**profile_key(P), "data": data_fingerprint(data), "seed": seed, "temperature": float(temperature),
+           "steps": steps, "lr": float(lr), "batch_size": batch_size, "proj_dim": proj_dim, "negatives": negatives,
+           "augment": "simclr_augment"}
+    model, info = load_or_train("simclr", train_fn, build_fn=build, key=key, device=device, retrain=retrain)
+    return model.eval(), info
+
+
+__all__ = ["SimCLRModel", "simclr_step", "build_simclr", "pretrain_simclr", "SIMCLR_TEMPERATURE", "SIMCLR_PROJ_DIM"]
