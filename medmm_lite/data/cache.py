@@ -13,6 +13,7 @@ Why this much care for a cache:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import warnings
@@ -23,9 +24,24 @@ import numpy as np
 from ..utils import atomic_save, cache_dir
 
 
+# The modules whose code decides what the generators draw. Their source is part of every
+# cache key, so an edit to the generator can never be served a cohort drawn by the old code
+# (a version constant alone relies on someone remembering to bump it).
+_GENERATOR_MODULES = ("synthcxr.py", "reports.py", "clinical.py", "cohort.py", "mri.py", "findings.py")
+
+
+@functools.lru_cache(maxsize=1)
+def generator_source_hash() -> str:
+    h = hashlib.sha256()
+    for name in _GENERATOR_MODULES:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cache_key(kind: str, version: int, **arguments) -> str:
     """A short stable hash of everything that determines the generated data."""
-    text = json.dumps({"kind": kind, "version": version, **arguments}, sort_keys=True)
+    text = json.dumps({"kind": kind, "version": version, "source": generator_source_hash(), **arguments},
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
