@@ -335,6 +335,10 @@ def test_bad_input_is_a_clear_error(tiny_data):
         C.pretrain_clip(P, data, text="findings")
     with pytest.raises(ValueError, match="temperature"):
         S.pretrain_simclr(P, data, temperature=-1)
+    with pytest.raises(ValueError, match="augment"):
+        S.pretrain_simclr(P, data, augment="heavy")
+    with pytest.raises(ValueError, match="negatives"):
+        S.pretrain_simclr(P, data, negatives="hard")
     with pytest.raises(ValueError, match="augmentation"):
         S.simclr_step(S.SimCLRModel(image), {"image": torch.rand(2, 1, 16, 16)}, augment=None)
     with pytest.raises(ValueError, match="proj_dim"):

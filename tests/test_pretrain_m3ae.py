@@ -263,7 +263,7 @@ def tiny_data(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDMM_DATA", str(tmp_path))
     from medmm_lite.data import prepare_data
 
-    P = medmm_lite.profile("smoke").with_(n_studies=48, steps=4, batch_size=8, dim=32, depth=1, heads=4,
+    P = medmm_lite.profile("smoke").with_(n_studies=48, steps=8, batch_size=8, dim=32, depth=1, heads=4,
                                           vocab_size=200, max_text_len=64, device="cpu", amp=False)
     return P, prepare_data(P, seed=0)
 
@@ -273,8 +273,8 @@ def test_pretrain_functions_train_once_then_load(tiny_data):
     from medmm_lite.pretrain.mae import pretrain_mae
 
     P, data = tiny_data
-    # the M3AE's default is half the steps: each of its steps runs the transformer twice
-    for pretrain, steps in ((pretrain_mae, P.steps), (pretrain_mlm, P.steps), (pretrain_m3ae, P.steps // 2)):
+    # the M3AE's steps cost several MAE steps and it starts from the MLM: it gets a quarter of them
+    for pretrain, steps in ((pretrain_mae, P.steps), (pretrain_mlm, P.steps), (pretrain_m3ae, P.steps // 4)):
         first, info = pretrain(P, data, seed=0, progress=False)
         assert not info["cached"] and len(info["history"]) == steps, pretrain.__name__
         again, info2 = pretrain(P, data, seed=0, progress=False)
@@ -283,3 +283,37 @@ def test_pretrain_functions_train_once_then_load(tiny_data):
             assert torch.equal(a, b), f"{pretrain.__name__}: {name} differs after loading"
     _, info3 = pretrain_m3ae(P, data, seed=0, itm=False, progress=False)
     assert not info3["cached"], "a different setting is a different model"
+
+
+def test_init_from_mlm_and_mae_starts_as_the_mlm_on_text():
+    from medmm_lite.models import TextEncoder
+
+    torch.manual_seed(0)
+    mlm = MaskedLanguageModel(TextEncoder(30, 32, 2, 4, max_len=8))
+    for p in mlm.parameters():                 # make the weights non-trivial
+        torch.nn.init.normal_(p, std=0.1)
+    mae = MAE(ViT(16, 4, 1, dim=32, depth=1, heads=4, pos_embed="sincos"), decoder_dim=32, decoder_depth=1,
+              decoder_heads=4)
+    model = tiny_m3ae().init_from(mlm, mae).eval()
+    _, ids, att, _ = side_pairs(4)
+    masked = ids.clone()
+    masked[:, 3] = MASK
+    positions = masked == MASK
+    with torch.no_grad():
+        assert torch.allclose(model.predict_masked(masked, att, positions),
+                              mlm.eval().predict_masked(masked, att, positions), atol=1e-5)
+    assert torch.equal(model.patch_embed.proj.weight, mae.encoder.patch_embed.proj.weight)
+    with pytest.raises(ValueError, match="differ"):
+        tiny_m3ae(dim=64, heads=4, decoder_dim=32).init_from(mlm)
+
+
+def test_pixel_targets_are_standardised_and_predictions_come_back_in_pixels():
+    model = tiny_m3ae()
+    images, ids, att, _ = side_pairs(8)
+    model.set_pixel_statistics(images)
+    target = model.pixel_target(images)
+    assert torch.allclose(target.mean(0), torch.zeros_like(target[0]), atol=1e-5), "the mean image is subtracted"
+    assert abs(target.std().item() - 1) < 0.05
+    assert torch.allclose(model.to_pixels(target), patchify(images, 4), atol=1e-6)
+    state = model.state_dict()
+    assert "pixel_mean" in state and "pixel_std" in state, "the statistics are saved with the model"

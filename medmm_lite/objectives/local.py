@@ -21,10 +21,10 @@ shares are turned into an attention map over the regions.
 ``attention="cosine"`` replaces the two softmaxes by one over the regions of
 ``T_att * cos(e_w, v_r)``, everything else unchanged. GLoRIA starts from a pretrained
 ResNet and BERT; trained from scratch (lesson 03 measures it), the two-softmax attention
-collapses within a few steps: the regions of an image start out alike, one word takes
-nearly all of every region's share, the inner softmax saturates, and every word's map is
-flat. The cosine attention depends only on how well each region matches the word itself,
-and its logits are bounded, so nothing saturates.
+collapses within a few dozen steps: the same word takes the largest share of nearly every
+region, so every word's map is flat. The cosine attention has no competition among words
+and bounded logits; its maps still flatten over a longer run, as the patch features of an
+image drift towards their common mean, but their peaks keep pointing above chance.
 
 Words, not word pieces: a WordPiece tokenizer may cut "atelectasis" into
 "at ##elect ##asis". GLoRIA merges the pieces of a word back into one feature and

@@ -113,7 +113,7 @@ class CLIPModel(nn.Module):
         embed_dim: width of the shared space.
         init_temperature: T at the start; ``logit_scale`` = 1/T (CLIP: 0.07).
         learn_temperature: learn T (CLIP) or keep it fixed (ConVIRT, and the temperature sweep).
-        projection: ``"mlp"`` (ConVIRT's two layers, the default) or ``"linear"`` (CLIP's).
+        projection: ``"mlp"`` (two layers with a BatchNorm, the default) or ``"linear"`` (CLIP's).
 
     ``encode_image`` and ``encode_text`` return *un-normalised* projections; the loss
     (and every similarity) normalises them, so only their directions matter.
@@ -146,9 +146,10 @@ class CLIPModel(nn.Module):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) token ids and mask (1 real, 0 padding) -> (B, embed_dim) projections (not normalised)."""
-        if attention_mask is not None and isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 \
-                and attention_mask.shape == getattr(input_ids, "shape", None) and attention_mask.shape[1] > 1:
+        same_shape = isinstance(attention_mask, torch.Tensor) and attention_mask.shape == getattr(input_ids, "shape", None)
+        if same_shape and attention_mask.ndim == 2 and attention_mask.shape[1] > 1:
             # Drop the columns that are padding in every row (one host sync; the output is unchanged).
+            # Mismatched shapes are left alone for the text encoder to report.
             longest = int(attention_mask.sum(1).max())
             if 0 < longest < attention_mask.shape[1]:
                 input_ids, attention_mask = input_ids[:, :longest], attention_mask[:, :longest]

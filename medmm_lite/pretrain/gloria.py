@@ -14,7 +14,8 @@ The model is two towers with two pairs of projections:
   pieces merged, specials and punctuation dropped), each through a bias-free linear layer
   (GLoRIA's 1x1 convolution), trained with the word-region attention loss of
   :mod:`medmm_lite.objectives.local` (``attention="gloria"``, GLoRIA's two softmaxes, or
-  ``"cosine"``, the variant that learns from scratch; see that module).
+  ``"cosine"``, one softmax over cosines, which does not collapse from scratch as GLoRIA's
+  does; see that module).
 
 Loss = local_weight * (local image->text + text->image) + (global image->text + text->image),
 GLoRIA's sum. ``local_weight=0`` trains the same architecture with the global loss alone:

@@ -6,14 +6,15 @@
 **M3AE-style multimodal masking** (Geng et al. 2022, "Multimodal Masked Autoencoders
 Learn Transferable Representations"; Chen et al. 2022, "Multi-Modal Masked Autoencoders
 for Medical Vision-and-Language Pre-Training"): one shared transformer reads both
-modalities at once::
+modalities at once, each token carrying its position and a modality embedding. One
+training step makes two passes::
 
-    [CLS] + image patches (75% dropped, as in MAE) + report tokens (15% of the words hidden)
-          each token + its position + a modality embedding (image or text)
-    --> shared fusion transformer -->
-        [CLS] output   -> ITM head: is this the report of this image?
-        image outputs  -> MAE's light decoder -> pixels of the dropped patches
-        text outputs   -> MLM head -> the hidden words
+    words pass:   image patches (all) + report (15% of the words hidden)
+                  --> fusion transformer --> text outputs  -> MLM head -> the hidden words
+    patches pass: [CLS] + image patches (75% dropped, as in MAE) + report (whole);
+                  half the images swapped for another study's
+                  --> fusion transformer --> image outputs -> MAE's light decoder -> dropped pixels
+                                             [CLS] output  -> ITM head: do image and report match?
 
 The image and text tokens attend to each other in every block, so a hidden word can
 be read off the image ("large right pleural effusion": which side? how large?) and a
@@ -35,8 +36,10 @@ Choices, and why:
 * A chosen word is hidden at **every place it occurs** in the report
   (``every_occurrence``): reports repeat their findings in the IMPRESSION, and with one
   copy visible the model copies it and never needs the image.
-* Reconstruction targets are plain pixels (``norm_pix_loss=False``): a report speaks of
-  brightness ("large effusion" = a white lung base), which per-patch normalisation removes.
+* Reconstruction targets are pixels (``norm_pix_loss=False``) minus the training set's
+  mean image, over its standard deviation: a report speaks of brightness ("large
+  effusion" = a white lung base), which MAE's per-patch normalisation would remove, and
+  the mean image already holds the (aligned) anatomy, so the decoder learns what differs.
 * The image decoder reads only the fused [CLS] and image tokens: whatever it knows about
   the report, the fusion transformer must have written into them.
 
@@ -159,7 +162,7 @@ class MaskedLanguageModel(nn.Module):
 
 # --------------------------------------------------------------------------- M3AE
 class FusionOutput(NamedTuple):
-    cls: torch.Tensor     # (B, dim)
+    cls: torch.Tensor | None   # (B, dim), None when fused without the [CLS] token
     image: torch.Tensor   # (B, n_image_tokens, dim), possibly 0 tokens
     text: torch.Tensor    # (B, n_text_tokens, dim), possibly 0 tokens
 
@@ -227,7 +230,34 @@ class M3AE(nn.Module):
                                           decoder_depth, decoder_heads, mlp_ratio)
         self.mlm_head = MLMHead(dim, vocab_size, tied_embedding=self.token_embed)
         self.itm_head = nn.Linear(dim, 2)
+        # Pixel targets are standardised with the training set's statistics (set_pixel_statistics):
+        # the per-pixel mean image (AlexNet's "subtract the mean image") and one standard deviation.
+        # Chest films are aligned, so the mean image already holds the anatomy; the decoder starts
+        # from it and learns what differs. From a zero-centred output, an optimiser moving each weight
+        # by ~lr per step would otherwise need hundreds of steps just to reach the right brightness.
+        self.register_buffer("pixel_mean", torch.zeros(1, self.num_patches, patch_size ** 2 * in_chans))
+        self.register_buffer("pixel_std", torch.ones(()))
         self.reset_parameters()
+
+    @torch.no_grad()
+    def set_pixel_statistics(self, images) -> "M3AE":
+        """Store the mean image (as patches) and the standard deviation around it of ``images``
+        (the training images)."""
+        mean_image = images.mean(dim=0, keepdim=True)
+        self.pixel_mean.copy_(patchify(mean_image, self.patch_size))
+        self.pixel_std.fill_(float((images - mean_image).std()))
+        return self
+
+    def pixel_target(self, images):
+        """The MIM target: patches minus the mean image, over the standard deviation (or per-patch
+        normalised with ``norm_pix_loss``)."""
+        patches = patchify(images, self.patch_size)
+        return patches if self.norm_pix_loss else (patches - self.pixel_mean) / self.pixel_std
+
+    def to_pixels(self, pred):
+        """Decoder output -> pixel values (the inverse of :meth:`pixel_target`; with norm_pix_loss the
+        output stays per-patch normalised)."""
+        return pred if self.norm_pix_loss else pred * self.pixel_std + self.pixel_mean
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -262,30 +292,30 @@ class M3AE(nn.Module):
         positions = torch.arange(L, device=input_ids.device)
         return self.token_embed(input_ids) + self.text_pos_embed(positions) + self.modality_embed.weight[1]
 
-    def fuse(self, image_tokens=None, text_tokens=None, attention_mask=None) -> FusionOutput:
+    def fuse(self, image_tokens=None, text_tokens=None, attention_mask=None, cls: bool = True) -> FusionOutput:
         """Run ``[CLS] + image_tokens + text_tokens`` through the fusion transformer.
 
         Either modality may be None (left out). ``attention_mask`` (B, L_text) marks real text
-        tokens; padding is hidden from every query.
+        tokens; padding is hidden from every query. ``cls=False`` leaves the fusion [CLS] out
+        (the word pass and the inference helpers do not read it); ``FusionOutput.cls`` is then None.
         """
         if image_tokens is None and text_tokens is None:
             raise ValueError("fuse needs image tokens, text tokens, or both")
         B = (image_tokens if image_tokens is not None else text_tokens).shape[0]
-        parts = [self.cls_token.expand(B, -1, -1)]
-        n_image = 0
-        if image_tokens is not None:
-            parts.append(image_tokens)
-            n_image = image_tokens.shape[1]
-        x = torch.cat(parts + ([text_tokens] if text_tokens is not None else []), dim=1)
+        parts = [self.cls_token.expand(B, -1, -1)] if cls else []
+        n_image = image_tokens.shape[1] if image_tokens is not None else 0
+        parts += [t for t in (image_tokens, text_tokens) if t is not None]
+        x = torch.cat(parts, dim=1)
+        first_text = int(cls) + n_image
         mask = None
         if text_tokens is not None and attention_mask is not None and not bool(attention_mask.all()):
             keep = torch.ones(B, x.shape[1], dtype=torch.bool, device=x.device)
-            keep[:, 1 + n_image:] = attention_mask.bool()
+            keep[:, first_text:] = attention_mask.bool()
             mask = keep[:, None, None, :]            # (B, 1, 1, S): every query sees the real keys
         for block in self.blocks:
             x = block(x, attn_mask=mask)
         x = self.norm(x)
-        return FusionOutput(x[:, 0], x[:, 1:1 + n_image], x[:, 1 + n_image:])
+        return FusionOutput(x[:, 0] if cls else None, x[:, int(cls):first_text], x[:, first_text:])
 
     # -- the three objectives ---------------------------------------------------
 
@@ -306,7 +336,7 @@ class M3AE(nn.Module):
                                          text_mask_prob, self.special_ids, whole_word=word_ids is not None,
                                          word_ids=word_ids, generator=generator)
         image_tokens = self.embed_image(images)
-        fused = self.fuse(image_tokens, self.embed_text(masked_ids), attention_mask)
+        fused = self.fuse(image_tokens, self.embed_text(masked_ids), attention_mask, cls=False)
         hidden, targets = _selected(fused.text, labels)
         logits = self.mlm_head(hidden)
         mlm = _mean_ce(logits, targets)
@@ -323,7 +353,7 @@ class M3AE(nn.Module):
         fused = self.fuse(kept, self.embed_text(input_ids), attention_mask)
         matched = ~swapped
         pred = self.image_decoder(torch.cat([fused.cls[:, None], fused.image], dim=1), ids_restore)
-        target = patchify(images[image_rows], self.patch_size)
+        target = self.pixel_target(images[image_rows])
         # reconstruction counts on matched pairs only: a swapped report describes another image
         mim = (mae_loss(pred, target, mask * matched[:, None].to(mask.dtype), self.norm_pix_loss)
                if bool(matched.any()) else pred.sum() * 0.0)
@@ -342,7 +372,7 @@ class M3AE(nn.Module):
 
     def encode_image(self, images) -> ImageFeatures:
         """Image-only pass (every patch, no text): global = mean of the image token outputs."""
-        fused = self.fuse(self.embed_image(images))
+        fused = self.fuse(self.embed_image(images), cls=False)
         return ImageFeatures(fused.image.mean(dim=1), fused.image)
 
     def predict_masked(self, input_ids, attention_mask, positions, images=None, image_mask_ratio: float = 0.0,
@@ -354,18 +384,18 @@ class M3AE(nn.Module):
             image_tokens = self.embed_image(images)
             if image_mask_ratio > 0:
                 image_tokens, _, _ = random_masking(image_tokens, image_mask_ratio, generator=generator)
-        fused = self.fuse(image_tokens, self.embed_text(input_ids), attention_mask)
+        fused = self.fuse(image_tokens, self.embed_text(input_ids), attention_mask, cls=False)
         return self.mlm_head(fused.text[positions])
 
     def reconstruct_patches(self, images, input_ids=None, attention_mask=None, mask_ratio: float = 0.75,
                             generator=None):
         """Drop ``mask_ratio`` of the patches and predict them, reading the report too when ``input_ids``
-        is given (whole, unmasked). Returns ``(pred, mask)``: (B, N, p*p*C) and (B, N), 1 = removed."""
+        is given (whole, unmasked). Returns ``(pred, mask)``: (B, N, p*p*C) in pixels, and (B, N), 1 = removed."""
         kept, mask, ids_restore = random_masking(self.embed_image(images), mask_ratio, generator=generator)
         text = self.embed_text(input_ids) if input_ids is not None else None
         fused = self.fuse(kept, text, attention_mask)
         pred = self.image_decoder(torch.cat([fused.cls[:, None], fused.image], dim=1), ids_restore)
-        return pred, mask
+        return self.to_pixels(pred), mask
 
     def image_encoder(self) -> "M3AEImageEncoder":
         return M3AEImageEncoder(self)
@@ -430,6 +460,20 @@ def build_m3ae(P: Profile, vocab_size: int, decoder_dim: int | None = None, deco
                 decoder_heads=P.heads, norm_pix_loss=norm_pix_loss)
 
 
+def default_text_steps(P: Profile, model: str) -> int:
+    """Optimiser steps for the text models, from the profile's image budget ``P.steps``.
+
+    The MLM gets ``P.steps``: a small transformer learning a language from scratch needs them
+    (below ~500 steps it still guesses the most frequent tokens). The M3AE starts from that MLM
+    and the MAE, and each of its steps runs the fusion transformer twice over the whole report and
+    up to every patch, several times an MAE step: it gets ``P.steps // 4``.
+    """
+    share = {"mlm": 1, "m3ae": 4}
+    if model not in share:
+        raise ValueError(f"model must be 'mlm' or 'm3ae', got {model!r}")
+    return max(1, P.steps // share[model])
+
+
 def _seeded(build, seed):
     with torch.random.fork_rng(devices=[]):  # the same initial weights for a seed, whatever ran before
         torch.manual_seed(seed)
@@ -463,15 +507,15 @@ def pretrain_mlm(P: Profile, data, *, seed: int = 0, steps: int | None = None, b
                  dataset: str = "synthcxr", device=None, progress: bool = True):
     """Train (or load) a text-only masked language model (BERT) on the training reports of ``data``.
 
-    Defaults: ``P.steps`` steps at ``TEXT_LR_SCALE * P.lr`` (a small transformer learning language
-    from scratch needs the larger rate), BERT's token masking. ``every_occurrence`` hides a chosen
+    Defaults: ``default_text_steps(P, "mlm")`` steps at ``TEXT_LR_SCALE * P.lr`` (a small transformer
+    learning language from scratch needs the larger rate), BERT's token masking. ``every_occurrence`` hides a chosen
     word at every place it occurs in the report (:func:`~medmm_lite.objectives.word_type_ids`).
     Returns ``(model, info)`` from :func:`medmm_lite.hub.load_or_train`."""
     from ..data.tensors import TensorDictDataset
     from ..hub import load_or_train
     from ..train import fit
 
-    steps, batch_size, device = steps or P.steps, batch_size or P.batch_size, device or P.device
+    steps, batch_size, device = steps or default_text_steps(P, "mlm"), batch_size or P.batch_size, device or P.device
     lr = lr or TEXT_LR_SCALE * P.lr
     train_idx = torch.as_tensor(data.splits["train"], dtype=torch.long)
     key = {**_base_key(P, data, seed, dataset, steps, batch_size, lr), "mask_prob": mask_prob,
@@ -508,8 +552,8 @@ def pretrain_m3ae(P: Profile, data, *, seed: int = 0, steps: int | None = None, 
     ``init_text`` / ``init_patches``: start from ``pretrain_mlm(P, data, seed=seed)`` (text side and
     fusion blocks) and ``pretrain_mae(P, data, seed=seed)`` (patch projection) with their default
     settings (see :meth:`M3AE.init_from`); both come from the cache when the lesson trained them,
-    and are trained here otherwise. Defaults: ``P.steps // 2`` steps (each step runs the
-    transformer twice, see :meth:`M3AE.forward`) at ``TEXT_LR_SCALE * P.lr``.
+    and are trained here otherwise. Defaults: ``default_text_steps(P, "m3ae")`` steps at
+    ``TEXT_LR_SCALE * P.lr``.
 
     Returns ``(model, info)`` from :func:`medmm_lite.hub.load_or_train`; the History logs the
     three losses (``mim``, ``mlm``, ``itm``) and the ITM and MLM accuracies per step.
@@ -518,7 +562,7 @@ def pretrain_m3ae(P: Profile, data, *, seed: int = 0, steps: int | None = None, 
     from ..hub import load_or_train
     from ..train import fit
 
-    steps, batch_size, device = steps or max(1, P.steps // 2), batch_size or P.batch_size, device or P.device
+    steps, batch_size, device = steps or default_text_steps(P, "m3ae"), batch_size or P.batch_size, device or P.device
     lr = lr or TEXT_LR_SCALE * P.lr
     decoder_dim = decoder_dim or default_decoder_dim(P.dim)
     train_idx = torch.as_tensor(data.splits["train"], dtype=torch.long)
@@ -537,6 +581,7 @@ def pretrain_m3ae(P: Profile, data, *, seed: int = 0, steps: int | None = None, 
         mlm = pretrain_mlm(P, data, seed=seed, dataset=dataset, device=device, progress=progress)[0] if init_text else None
         mae = pretrain_mae(P, data, seed=seed, dataset=dataset, device=device, progress=progress)[0] if init_patches else None
         model.init_from(mlm, mae)
+        model.set_pixel_statistics(data.cohort.images[train_idx])
         masks = torch.Generator().manual_seed(seed)
 
         def loss_fn(m, batch):
@@ -713,7 +758,8 @@ def box_patch_mask(boxes_per_study, grid_size: tuple[int, int]) -> torch.Tensor:
 
 @torch.no_grad()
 def reconstruction_error(model: M3AE, data, idx, *, conditions=("with_report", "without_report", "shuffled_report"),
-                         mask_ratio: float = 0.75, seed: int = 0, batch_size: int = 256, device=None) -> dict:
+                         mask_ratio: float = 0.75, seed: int = 0, batch_size: int = 256, device=None,
+                         reference_image=None) -> dict:
     """Masked-patch reconstruction error on the images of ``idx``, per report condition.
 
     Every condition hides the same patches (one seeded mask per image), so the conditions
@@ -721,7 +767,8 @@ def reconstruction_error(model: M3AE, data, idx, *, conditions=("with_report", "
     or another study's report (a random derangement). Errors are the model's loss on removed
     patches (pixel MSE when ``norm_pix_loss`` is off), over all removed patches (``all``) and
     over removed patches that overlap a finding box (``in_boxes``), where the report has the
-    most to say.
+    most to say. ``reference_image`` (1, C, H, W), e.g. the mean training image, adds a condition
+    ``"reference"``: the error of pasting that image into the holes, the bar a model must beat.
     Returns ``{"all": {cond: mse}, "in_boxes": {cond: mse}, "per_image": {cond: (B,) tensor}}``.
     """
     model.eval()
@@ -730,6 +777,11 @@ def reconstruction_error(model: M3AE, data, idx, *, conditions=("with_report", "
     partner = idx_t[derangement(len(idx_t), seed)]
     in_box = box_patch_mask([data.cohort.boxes[int(i)] for i in idx_t], model.grid_size)
     texts = {"with_report": idx_t, "without_report": None, "shuffled_report": partner}
+    if reference_image is not None:
+        if model.norm_pix_loss:
+            raise ValueError("a reference image is compared in pixels; this model predicts normalised patches")
+        texts["reference"] = None
+        conditions = (*conditions, "reference")
     result = {"all": {}, "in_boxes": {}, "per_image": {}}
     for cond in conditions:
         if cond not in texts:
@@ -746,6 +798,8 @@ def reconstruction_error(model: M3AE, data, idx, *, conditions=("with_report", "
                 length = int(att.sum(1).max())
                 ids, att = data.input_ids[text_rows, :length].to(device), att[:, :length].to(device)
             pred, mask = model.reconstruct_patches(images, ids, att, mask_ratio=mask_ratio, generator=generator)
+            if cond == "reference":
+                pred = patchify(reference_image.to(device), model.patch_size).expand_as(pred)
             per_patch = mae_loss(pred, patchify(images, model.patch_size), mask, model.norm_pix_loss, reduction="none")
             errors.append(per_patch.cpu())
             masks.append(mask.cpu())
@@ -757,7 +811,7 @@ def reconstruction_error(model: M3AE, data, idx, *, conditions=("with_report", "
     return result
 
 
-__all__ = ["M3AE", "M3AEOutput", "M3AEImageEncoder", "FusionOutput", "MaskedLanguageModel", "MLMOutput", "MLMHead",
+__all__ = ["default_text_steps", "M3AE", "M3AEOutput", "M3AEImageEncoder", "FusionOutput", "MaskedLanguageModel", "MLMOutput", "MLMHead",
            "build_m3ae", "build_mlm", "pretrain_m3ae", "pretrain_mlm", "trim_padding", "FILL_IN_WORDS",
            "FillInQueries", "fill_in_queries", "fill_in_predictions", "fill_in_accuracy", "reconstruction_error",
            "box_patch_mask", "derangement"]
