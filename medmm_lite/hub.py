@@ -20,6 +20,9 @@ What makes a cached model "the same":
 Weights are stored with ``safetensors`` (no pickle: loading runs no code), which
 also takes care of tied weights (a language model's input embedding shared with
 its output layer is saved once). ``MEDMM_NO_CACHE=1`` forces training.
+
+Under ``torchrun`` every process trains (together, through ``fit``), and only rank 0
+writes the files and prints; the others wait for it before they go on.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from pathlib import Path
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from . import distributed as dist_utils
 from .train import History
 from .utils import atomic_save, atomic_write_bytes
 from .utils import cache_dir as default_cache_dir
@@ -153,7 +157,8 @@ def load_or_train(name: str, train_fn, *, build_fn, key=None, cache_dir=None, re
                 model.to(device)
             history = _decode_result(saved.get("history"))
             train_seconds = float(saved.get("train_seconds", 0.0))
-            print(f"[hub] loaded {name} from {folder} (training it took {train_seconds:.1f} s)")
+            if dist_utils.is_main_process():
+                print(f"[hub] loaded {name} from {folder} (training it took {train_seconds:.1f} s)")
             return model, {"cached": True, "path": str(weights), "history": history,
                            "seconds": time.perf_counter() - started, "train_seconds": train_seconds}
 
@@ -163,14 +168,16 @@ def load_or_train(name: str, train_fn, *, build_fn, key=None, cache_dir=None, re
     train_seconds = time.perf_counter() - train_started
     encoded = _encode_result(result)
 
-    atomic_save(lambda tmp: save_model(model, tmp, metadata={"name": name, "digest": digest}), weights)
-    info_json = {"name": name, "digest": digest, "key": key, "code_version": code_version(),
-                 "train_seconds": train_seconds, "history": encoded,
-                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write_bytes(meta, json.dumps(info_json, indent=1).encode())
+    if dist_utils.is_main_process():  # every process holds the same weights; one writes them
+        atomic_save(lambda tmp: save_model(model, tmp, metadata={"name": name, "digest": digest}), weights)
+        info_json = {"name": name, "digest": digest, "key": key, "code_version": code_version(),
+                     "train_seconds": train_seconds, "history": encoded,
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_bytes(meta, json.dumps(info_json, indent=1).encode())
+        print(f"[hub] trained {name} in {train_seconds:.1f} s; saved to {folder}")
+    dist_utils.barrier()
     if device is not None:
         model.to(device)
-    print(f"[hub] trained {name} in {train_seconds:.1f} s; saved to {folder}")
     return model, {"cached": False, "path": str(weights), "history": _decode_result(encoded),
                    "seconds": time.perf_counter() - started, "train_seconds": train_seconds}
 

@@ -19,7 +19,15 @@ once, here, with the details that make small runs reliable:
 * **No per-step host-device sync**: losses stay on the device and are copied to
   the host once every ``log_every`` steps, so the GPU never waits for Python.
 * **Atomic checkpoints and exact resume**: model, optimiser, schedule, scaler,
-  history and RNG states, written to a temporary file and moved into place.
+  history and RNG states (the global ones and the generators ``loss_fn`` draws from,
+  passed as ``rng=``), written to a temporary file and moved into place.
+* **Gradient accumulation** (``grad_accum``): an update of ``batch_size`` samples made of
+  ``grad_accum`` smaller forward/backward passes, for when the batch does not fit in memory.
+* **Several processes** (``torchrun``, :mod:`medmm_lite.distributed`): when a process group
+  is running, the model is wrapped in DistributedDataParallel and each process takes its
+  contiguous slice of the same global batch (so the ``(seed, step) -> batch`` plan is the
+  same as on one process); losses are averaged over processes before they are logged; only
+  rank 0 draws the progress bar and writes checkpoints.
 
 Step numbers are 1-based counts of optimiser updates: ``History.loss[i]`` is the
 loss that drove update ``History.steps[i]``; an evaluation at step ``k`` sees the
@@ -28,6 +36,7 @@ model after ``k`` updates.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import numbers
 import random
@@ -44,6 +53,7 @@ from torch import nn
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
+from . import distributed as dist_utils
 from .utils import atomic_save, get_device
 
 CHECKPOINT_FORMAT = "medmm_lite.fit/1"
@@ -254,6 +264,86 @@ def param_groups(model: nn.Module, weight_decay: float, params=None) -> list[dic
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def slice_batch(batch, start: int, stop: int, size: int):
+    """Rows ``start:stop`` of a collated batch of ``size`` samples: every tensor whose first
+    dimension is ``size``, inside dicts, lists and tuples, and lists of ``size`` plain values
+    (e.g. strings); everything else is left as it is."""
+    if isinstance(batch, torch.Tensor):
+        return batch[start:stop] if batch.ndim and batch.shape[0] == size else batch
+    if isinstance(batch, Mapping):
+        cut = {k: slice_batch(v, start, stop, size) for k, v in batch.items()}
+        try:
+            return type(batch)(cut)
+        except TypeError:
+            return cut
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(slice_batch(v, start, stop, size) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        if len(batch) == size and not any(isinstance(v, (torch.Tensor, Mapping, list, tuple)) for v in batch):
+            return batch[start:stop]
+        return type(batch)(slice_batch(v, start, stop, size) for v in batch)
+    return batch
+
+
+# --------------------------------------------------------------------------- launcher defaults
+class TrainingStopped(Exception):
+    """Raised by ``fit`` when ``stop_after`` updates are done: a checkpoint has been written and
+    calling ``fit`` again the same way resumes from it (as after a preempted job)."""
+
+    def __init__(self, step: int, checkpoint_path: Path):
+        super().__init__(f"training stopped after step {step} as asked (stop_after); the checkpoint "
+                         f"{checkpoint_path} resumes it")
+        self.step, self.checkpoint_path = step, checkpoint_path
+
+
+@dataclass
+class _FitDefaults:
+    checkpoint_dir: Path | None
+    checkpoint_every: int | None
+    grad_accum: int | None
+    stop_after: int | None
+    used: set = field(default_factory=set)
+
+    def checkpoint_path(self, desc: str | None) -> Path:
+        name = "".join(c if c.isalnum() else "-" for c in (desc or "fit").lower()).strip("-") or "fit"
+        while "--" in name:
+            name = name.replace("--", "-")
+        if name in self.used:
+            raise ValueError(f"two fit calls inside one fit_defaults block would share the checkpoint "
+                             f"{self.checkpoint_dir / (name + '.pt')} (same desc {desc!r}); give them different "
+                             "descs or pass checkpoint_path")
+        self.used.add(name)
+        return self.checkpoint_dir / f"{name}.pt"
+
+
+_FIT_DEFAULTS: contextvars.ContextVar = contextvars.ContextVar("medmm_fit_defaults", default=None)
+
+
+@contextlib.contextmanager
+def fit_defaults(*, checkpoint_dir=None, checkpoint_every: int | None = None, grad_accum: int | None = None,
+                 stop_after: int | None = None):
+    """Defaults for every :func:`fit` call made inside the block that does not set them itself.
+
+    A launcher (``python -m medmm_lite.pretrain``) runs a lesson's recipe (``pretrain_clip``...)
+    unchanged inside this block: the recipe decides *what* is trained (and so the cache key),
+    the launcher *how* (checkpoints, accumulation, stopping).
+
+    Args:
+        checkpoint_dir: each fit call checkpoints to (and resumes from) ``checkpoint_dir /
+            "<desc>.pt"``, its progress-bar label made file-safe.
+        checkpoint_every, grad_accum, stop_after: as in :func:`fit`.
+    """
+    settings = _FitDefaults(Path(checkpoint_dir) if checkpoint_dir is not None else None,
+                            _positive_int("checkpoint_every", checkpoint_every, allow_none=True),
+                            _positive_int("grad_accum", grad_accum, allow_none=True),
+                            _positive_int("stop_after", stop_after, allow_none=True))
+    token = _FIT_DEFAULTS.set(settings)
+    try:
+        yield settings
+    finally:
+        _FIT_DEFAULTS.reset(token)
+
+
 # --------------------------------------------------------------------------- checks
 def _positive_int(name: str, value, *, allow_none: bool = False, minimum: int = 1):
     if value is None and allow_none:
@@ -289,7 +379,17 @@ def _scalar_log(name: str, value):
     return torch.tensor(float(value))
 
 
-def _rng_state(device: torch.device) -> dict:
+def _generators(rng) -> list[torch.Generator]:
+    if rng is None:
+        return []
+    generators = [rng] if isinstance(rng, torch.Generator) else list(rng)
+    for g in generators:
+        if not isinstance(g, torch.Generator):
+            raise TypeError(f"rng must be a torch.Generator or a list of them, got a {type(g).__name__}")
+    return generators
+
+
+def _rng_state(device: torch.device, generators=()) -> dict:
     py_version, py_state, py_gauss = random.getstate()
     _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     return {
@@ -298,10 +398,11 @@ def _rng_state(device: torch.device) -> dict:
         "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
         "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
                   "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "generators": [g.get_state() for g in generators],
     }
 
 
-def _set_rng_state(state: dict, device: torch.device) -> None:
+def _set_rng_state(state: dict, device: torch.device, generators=(), path=None) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -310,6 +411,18 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
     npy = state["numpy"]
     np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
                          npy["gauss"]))
+    if not generators:
+        return
+    saved = state.get("generators")
+    if saved is None:  # written before fit saved generators: resume, but not exactly
+        warnings.warn(f"checkpoint {path} holds no state for the rng generators: they restart from their seeds, "
+                      "so the resumed run's random draws differ from an uninterrupted run's", stacklevel=3)
+        return
+    if len(saved) != len(generators):
+        raise ValueError(f"checkpoint {path} holds {len(saved)} rng generator states but fit was given "
+                         f"{len(generators)}; delete it or use another checkpoint_path")
+    for g, g_state in zip(generators, saved):
+        g.set_state(g_state)
 
 
 def _check_architecture(path: Path, checkpoint_state: Mapping, model: nn.Module) -> None:
@@ -328,13 +441,28 @@ def _check_architecture(path: Path, checkpoint_state: Mapping, model: nn.Module)
                          + "; delete it or use another checkpoint_path")
 
 
+# --------------------------------------------------------------------------- DDP
+class _LossModule(nn.Module):
+    """``loss_fn(model, batch)`` as a module's forward, so that DistributedDataParallel wraps the
+    whole loss: whatever ``loss_fn`` calls on the model (``model(x)``, ``model.encode_text(...)``,
+    ``model.logit_scale()``) runs inside DDP's forward and gets its gradients averaged."""
+
+    def __init__(self, model: nn.Module, loss_fn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch):
+        return self.loss_fn(self.model, batch)
+
+
 # --------------------------------------------------------------------------- fit
 def fit(model: nn.Module, loss_fn, dataset, *, steps: int, batch_size: int, lr: float,
         weight_decay: float = 0.05, warmup_steps: int | None = None, min_lr_ratio: float = 0.1,
         grad_clip: float | None = 1.0, device=None, amp: bool | None = None, seed: int = 0,
         eval_fn=None, eval_every: int | None = None, checkpoint_path=None,
         checkpoint_every: int | None = None, collate_fn=None, params=None, progress: bool = True,
-        desc: str | None = None, log_every: int = 10) -> History:
+        desc: str | None = None, log_every: int = 10, grad_accum: int | None = None, rng=None,
+        stop_after: int | None = None, sync_batchnorm: bool | None = None) -> History:
     """Train ``model`` in place for ``steps`` optimiser updates and return its :class:`History`.
 
     Args:
@@ -360,13 +488,37 @@ def fit(model: nn.Module, loss_fn, dataset, *, steps: int, batch_size: int, lr: 
         params: train only these parameters of ``model`` (default: all with ``requires_grad``).
         progress, desc: show a tqdm bar, with this label.
         log_every: copy losses to the host (one sync) every this many steps.
+        grad_accum: split each update's batch into this many forward/backward passes (the
+            gradients add up to the full batch's; for models whose layers see samples one at a
+            time, the update is the same up to rounding). Default 1.
+        rng: a ``torch.Generator`` (or a list) that ``loss_fn`` draws from (augmentations,
+            masks). Its state is checkpointed, so a resumed run draws what the uninterrupted
+            one would; under DDP, rank r > 0 re-seeds it with ``initial_seed() + 1_000_003 * r``
+            so that processes do not all draw the same numbers.
+        stop_after: stop after this many updates of this call, once the checkpoint is written,
+            by raising :class:`TrainingStopped` (needs ``checkpoint_path``).
+        sync_batchnorm: under DDP, normalise BatchNorm over the global batch (``SyncBatchNorm``,
+            CUDA only) while training; default on for DDP on CUDA.
+
+    ``grad_accum``, ``stop_after`` and ``checkpoint_path`` left at None take the values of an
+    enclosing :func:`fit_defaults` block.
     """
+    settings = _FIT_DEFAULTS.get()
+    if settings is not None:
+        grad_accum = settings.grad_accum if grad_accum is None else grad_accum
+        stop_after = settings.stop_after if stop_after is None else stop_after
+        if checkpoint_path is None and settings.checkpoint_dir is not None:
+            checkpoint_path = settings.checkpoint_path(desc)
+            checkpoint_every = settings.checkpoint_every if checkpoint_every is None else checkpoint_every
     steps = _positive_int("steps", steps)
     batch_size = _positive_int("batch_size", batch_size)
     log_every = _positive_int("log_every", log_every)
     seed = _positive_int("seed", seed, minimum=0)
     eval_every = _positive_int("eval_every", eval_every, allow_none=True)
     checkpoint_every = _positive_int("checkpoint_every", checkpoint_every, allow_none=True)
+    grad_accum = _positive_int("grad_accum", 1 if grad_accum is None else grad_accum)
+    stop_after = _positive_int("stop_after", stop_after, allow_none=True)
+    generators = _generators(rng)
     if not (isinstance(lr, numbers.Real) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if not (isinstance(weight_decay, numbers.Real) and weight_decay >= 0):
@@ -382,6 +534,8 @@ def fit(model: nn.Module, loss_fn, dataset, *, steps: int, batch_size: int, lr: 
         raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
     if eval_fn is not None and not callable(eval_fn):
         raise TypeError(f"eval_fn must be callable as eval_fn(model), got {type(eval_fn).__name__}")
+    if stop_after is not None and checkpoint_path is None:
+        raise ValueError("stop_after needs a checkpoint_path: without a checkpoint a stopped run cannot resume")
     try:
         n = len(dataset)
     except TypeError as err:
@@ -389,8 +543,15 @@ def fit(model: nn.Module, loss_fn, dataset, *, steps: int, batch_size: int, lr: 
     if n < batch_size:
         raise ValueError(f"the dataset has {n} samples, fewer than batch_size={batch_size}; "
                          "lower batch_size (batches are full: the last incomplete one is dropped)")
+    distributed = dist_utils.is_distributed()
+    ranks, me, is_main = dist_utils.world_size(), dist_utils.rank(), dist_utils.is_main_process()
+    if batch_size % (ranks * grad_accum):
+        raise ValueError(f"batch_size={batch_size} must split evenly into {ranks} process(es) x "
+                         f"grad_accum={grad_accum} pieces")
 
     device = get_device() if device is None else torch.device(device)
+    if distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # this process's own GPU
     if amp is None:
         amp = device.type == "cuda"
     if amp and device.type != "cuda":
@@ -399,6 +560,13 @@ def fit(model: nn.Module, loss_fn, dataset, *, steps: int, batch_size: int, lr: 
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
     if checkpoint_path is not None and checkpoint_every is None:
         checkpoint_every = max(1, steps // 10)
+    if sync_batchnorm is None:
+        sync_batchnorm = distributed and device.type == "cuda"
+    if sync_batchnorm and distributed and device.type != "cuda":
+        raise ValueError("sync_batchnorm needs CUDA (torch's SyncBatchNorm runs on GPUs only)")
+    if distributed and me > 0:
+        for g in generators:  # different augmentations and masks on each process
+            g.manual_seed(g.initial_seed() + 1_000_003 * me)
 
     model.to(device)
     groups = param_groups(model, weight_decay, params)
@@ -408,38 +576,88 @@ def fit(model: nn.Module, loss_fn, dataset, *, steps: int, batch_size: int, lr: 
         optimizer, lambda s: warmup_cosine(s, total_steps=steps, warmup_steps=warmup_steps,
                                            min_lr_ratio=min_lr_ratio))
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    # Neither the number of processes nor grad_accum is here: both leave the batch plan and the
+    # update unchanged, so a run may resume on another number of GPUs or with another accumulation.
     config = {"steps": steps, "batch_size": batch_size, "lr": float(lr), "weight_decay": float(weight_decay),
               "warmup_steps": warmup_steps, "min_lr_ratio": float(min_lr_ratio),
               "grad_clip": float(grad_clip or 0.0), "seed": seed, "amp": bool(amp), "dataset_size": n}
 
     history, start = History(), 0
     path = Path(checkpoint_path) if checkpoint_path is not None else None
-    if path is not None and path.exists():
-        start, history = _resume(path, model, optimizer, scheduler, scaler, config, device)
+    exists = path is not None and path.exists()
+    if distributed and path is not None and len(set(dist_utils.all_gather_objects(exists))) > 1:
+        raise RuntimeError(f"checkpoint {path} is visible to some processes only: put checkpoints on a "
+                           "filesystem that every node sees, so that all processes resume together")
+    if exists:
+        start, history = _resume(path, model, optimizer, scheduler, scaler, config, device, generators)
         if start >= steps:
             return history
 
     def save_checkpoint(step: int) -> None:
-        state = {"format": CHECKPOINT_FORMAT, "step": step, "config": config,
-                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                 "history": history.to_dict(), "rng": _rng_state(device)}
-        atomic_save(lambda tmp: torch.save(state, tmp), path)
+        rng_states = dist_utils.all_gather_objects(_rng_state(device, generators))  # every process's
+        if is_main:
+            state = {"format": CHECKPOINT_FORMAT, "step": step, "config": config,
+                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                     "history": history.to_dict(), "rng": rng_states[0]}
+            if distributed:
+                state["rng_per_rank"] = rng_states
+            atomic_save(lambda tmp: torch.save(state, tmp), path)
+        dist_utils.barrier()  # nobody goes on (or exits) before the checkpoint is on disk
 
     plan = _BatchPlan(n, batch_size, seed)
+    shard, micro = batch_size // ranks, batch_size // ranks // grad_accum
+    pieces = [(me * shard + i * micro, me * shard + (i + 1) * micro) for i in range(grad_accum)]
+    whole_batch_dataset = callable(getattr(dataset, "__getitems__", None))
+
+    def local_batches(step: int) -> list:
+        """This process's share of the global batch of ``step``, in ``grad_accum`` pieces."""
+        indices = plan(step)
+        if len(pieces) == 1 and ranks == 1:
+            return [fetch_batch(dataset, indices, collate_fn)]
+        if whole_batch_dataset:
+            # A dataset that fetches whole batches may shape the batch as a whole (SameGroupBatches
+            # draws it from one hospital): fetch the global batch and cut out this process's rows,
+            # so every process sees the rows a single process would.
+            whole = fetch_batch(dataset, indices, collate_fn)
+            return [slice_batch(whole, a, b, batch_size) for a, b in pieces]
+        return [fetch_batch(dataset, indices[a:b], collate_fn) for a, b in pieces]
+
+    ddp = None
+
+    def wrap_in_ddp():
+        """DDP around ``loss_fn(model, batch)``; parameters that do not train stay out of its all-reduce."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapper = _LossModule(model, loss_fn)
+        trained = {id(p) for p in trainable}
+        frozen = [f"model.{name}" for name, p in model.named_parameters() if id(p) not in trained]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(wrapper, frozen)
+        return DistributedDataParallel(wrapper, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def compute_loss(batch):
+        return ddp(batch) if ddp is not None else loss_fn(model, batch)
+
     pending: list[tuple[int, float, torch.Tensor, dict]] = []  # steps not yet copied to the host
 
-    def flush() -> None:
-        """Copy the pending losses to the host in one transfer and append them to the history."""
-        if not pending:
-            return
-        scalars = [loss for _, _, loss, _ in pending] + [v for *_, logs in pending for v in logs.values()]
+    def to_host(scalars: list[torch.Tensor]) -> list[float]:
+        if distributed:  # one all-reduce: every process logs the mean over processes
+            stacked = torch.stack([t.to(device) for t in scalars])
+            return dist_utils.all_reduce_mean(stacked).cpu().tolist()
         on_device = [i for i, t in enumerate(scalars) if t.device.type != "cpu"]
         values = [t.item() if t.device.type == "cpu" else None for t in scalars]
         if on_device:
             copied = torch.stack([scalars[i] for i in on_device]).cpu().tolist()
             for i, v in zip(on_device, copied):
                 values[i] = v
+        return values
+
+    def flush() -> None:
+        """Copy the pending losses to the host in one transfer and append them to the history."""
+        if not pending:
+            return
+        scalars = [loss for _, _, loss, _ in pending] + [v for *_, logs in pending for v in logs.values()]
+        values = to_host(scalars)
         losses, extra = values[:len(pending)], iter(values[len(pending):])
         for (step, step_lr, _, logs), loss in zip(pending, losses):
             if math.isnan(loss) or (math.isinf(loss) and not scaler.is_enabled()):
@@ -473,56 +691,82 @@ def fit(model: nn.Module, loss_fn, dataset, *, steps: int, batch_size: int, lr: 
     # Executed notebooks (papermill; MEDMM_PROGRESS=text) get one summary line instead of a
     # widget whose saved state would read "0%" forever.
     summary_only = progress and os.environ.get("MEDMM_PROGRESS") == "text"
-    bar = tqdm(total=steps, initial=start, desc=desc or "fit", disable=not progress or summary_only,
+    bar = tqdm(total=steps, initial=start, desc=desc or "fit", disable=not progress or summary_only or not is_main,
                dynamic_ncols=True)
+    batchnorm = (dist_utils.synchronized_batchnorm(model) if sync_batchnorm and distributed
+                 else contextlib.nullcontext())
     model.train()
     started = time.perf_counter()
     try:
-        for step in range(start, steps):
-            batch = move_to_device(fetch_batch(dataset, plan(step), collate_fn), device)
-            step_lr = scheduler.get_last_lr()[0]
-            with torch.autocast(device_type="cuda", dtype=amp_dtype) if amp else contextlib.nullcontext():
-                loss, logs = _split_loss_output(loss_fn(model, batch), step + 1)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+        with batchnorm:
+            if distributed:  # after the BatchNorm swap, so that DDP sees the modules that will run
+                ddp = wrap_in_ddp()
+            for step in range(start, steps):
+                batches = local_batches(step)
+                step_lr = scheduler.get_last_lr()[0]
+                optimizer.zero_grad(set_to_none=True)
+                losses, logged = [], []
+                for i, batch in enumerate(batches):
+                    batch = move_to_device(batch, device)
+                    # all-reduce the gradients once, after the last piece
+                    sync = ddp.no_sync() if ddp is not None and i < len(batches) - 1 else contextlib.nullcontext()
+                    with sync:
+                        with torch.autocast(device_type="cuda", dtype=amp_dtype) if amp else contextlib.nullcontext():
+                            loss, logs = _split_loss_output(compute_loss(batch), step + 1)
+                        scaler.scale(loss / len(batches) if len(batches) > 1 else loss).backward()
+                    losses.append(loss.detach().float())
+                    logged.append({k: _scalar_log(k, v) for k, v in logs.items()})
+                if grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
 
-            done = step + 1
-            pending.append((done, step_lr, loss.detach().float(),
-                            {k: _scalar_log(k, v) for k, v in logs.items()}))
-            last = done == steps
-            if done % log_every == 0 or last:
-                flush()
-            if eval_fn is not None and ((eval_every and done % eval_every == 0) or last):
-                flush()
-                evaluate(done)
-            if path is not None and (done % checkpoint_every == 0 or last):
-                flush()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                now = time.perf_counter()
-                history.seconds += now - started
-                started = now
-                save_checkpoint(done)
-            bar.update(1)
+                done = step + 1
+                pending.append((done, step_lr, *_mean_of_pieces(losses, logged)))
+                last = done == steps
+                stopping = stop_after is not None and done - start >= stop_after and not last
+                if done % log_every == 0 or last:
+                    flush()
+                if eval_fn is not None and ((eval_every and done % eval_every == 0) or last):
+                    flush()
+                    evaluate(done)
+                if path is not None and (done % checkpoint_every == 0 or last or stopping):
+                    flush()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    now = time.perf_counter()
+                    history.seconds += now - started
+                    started = now
+                    save_checkpoint(done)
+                bar.update(1)
+                if stopping:
+                    raise TrainingStopped(done, path)
         flush()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         history.seconds += time.perf_counter() - started
     finally:
         bar.close()
-    if summary_only and start < steps:
+    if summary_only and start < steps and is_main:
         first, final = history.loss[0] if history.loss else float("nan"), history.final_loss
         print(f"{desc or 'fit'}: {steps - start} steps in {history.seconds:.1f} s, loss {first:.4f} -> {final:.4f}")
     return history
 
 
-def _resume(path: Path, model, optimizer, scheduler, scaler, config: dict, device) -> tuple[int, History]:
+def _mean_of_pieces(losses: list[torch.Tensor], logged: list[dict]) -> tuple[torch.Tensor, dict]:
+    """One step's loss and logged values: those of its only piece, or their means over the pieces."""
+    if len(losses) == 1:
+        return losses[0], logged[0]
+    names = dict.fromkeys(name for logs in logged for name in logs)
+    means = {name: torch.stack([logs[name].to(losses[0].device) for logs in logged if name in logs]).mean()
+             for name in names}
+    return torch.stack(losses).mean(), means
+
+
+def _resume(path: Path, model, optimizer, scheduler, scaler, config: dict, device,
+            generators=()) -> tuple[int, History]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -545,9 +789,15 @@ def _resume(path: Path, model, optimizer, scheduler, scaler, config: dict, devic
                          "delete it or use another checkpoint_path") from err
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
-    _set_rng_state(state["rng"], device)
+    # each process continues its own random streams (rank 0's when the file has one set only)
+    per_rank = state.get("rng_per_rank") or [state["rng"]]
+    ranks, me = dist_utils.world_size(), dist_utils.rank()
+    if len(per_rank) != ranks and me == 0:
+        warnings.warn(f"checkpoint {path} was written by {len(per_rank)} process(es), resumed on {ranks}: the "
+                      "batches are the same, random augmentations and masks are not", stacklevel=3)
+    _set_rng_state(per_rank[me] if me < len(per_rank) else per_rank[0], device, generators, path)
     return int(state["step"]), History.from_dict(state["history"])
 
 
-__all__ = ["fit", "History", "warmup_cosine", "param_groups", "batch_indices", "fetch_batch",
-           "move_to_device", "NO_DECAY_NAME_PARTS", "CHECKPOINT_FORMAT"]
+__all__ = ["fit", "fit_defaults", "TrainingStopped", "History", "warmup_cosine", "param_groups", "batch_indices",
+           "fetch_batch", "slice_batch", "move_to_device", "NO_DECAY_NAME_PARTS", "CHECKPOINT_FORMAT"]

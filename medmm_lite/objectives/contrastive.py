@@ -7,6 +7,13 @@ with the matching index i as the target, in one or both directions:
     SimCLR (NT-Xent): two augmented views of each image; 2N-1 candidates per anchor.
     CLIP:             image->text and text->image, averaged; s is learned.
     ConVIRT:          the same, weighted lambda * image->text + (1 - lambda) * text->image.
+
+On several processes (DDP) each one holds a slice of the global batch, and a loss on the
+slice alone would see only its own pairs as negatives: with 8 GPUs, 1/8 of them. The
+``distributed_*`` versions gather every process's features (with gradients, as open_clip's
+``gather_features(..., local_loss=True, gather_with_grad=True)``) and score the local rows
+against all of them; averaged over processes (DDP averages gradients) that is exactly the
+single-process loss on the global batch. On one process they are the plain losses.
 """
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..distributed import all_gather_with_grad, is_distributed, rank
 
 CLIP_INIT_TEMPERATURE = 0.07   # logit scale starts at 1/0.07
 CLIP_MAX_LOGIT_SCALE = 100.0   # ... and is clamped at 100
@@ -68,6 +77,57 @@ def nt_xent_loss(view_a, view_b, temperature: float = 0.1):
     logits = z @ z.t() / temperature
     logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, targets)
+
+
+def gather_features(*features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every process's rows of each tensor, concatenated in rank order, with gradients flowing
+    back to the process that computed them (open_clip's ``gather_features`` with
+    ``gather_with_grad=True``). On one process: the tensors themselves."""
+    return tuple(all_gather_with_grad(f) for f in features)
+
+
+def distributed_clip_loss(image_features, text_features, logit_scale, image_to_text_weight: float = 0.5):
+    """:func:`clip_loss` over the global batch when training on several processes.
+
+    This process's images are scored against every process's texts and its texts against
+    every image; the targets are the local rows' positions in the global batch
+    (``arange(local) + rank * local``). Every process must hold the same number of pairs.
+    The value is this process's share; its mean over processes equals ``clip_loss`` of the
+    gathered batch, and so do the DDP-averaged gradients. On one process it *is* ``clip_loss``.
+    """
+    if not is_distributed():
+        return clip_loss(image_features, text_features, logit_scale, image_to_text_weight)
+    _check_pairs(image_features, text_features)
+    if not 0.0 <= image_to_text_weight <= 1.0:
+        raise ValueError(f"image_to_text_weight must be in [0, 1], got {image_to_text_weight}")
+    image_features = F.normalize(image_features, dim=-1)
+    text_features = F.normalize(text_features, dim=-1)
+    all_images, all_texts = gather_features(image_features, text_features)
+    local = image_features.shape[0]
+    targets = torch.arange(local, device=image_features.device) + rank() * local
+    image_to_text = F.cross_entropy(logit_scale * image_features @ all_texts.t(), targets)
+    text_to_image = F.cross_entropy(logit_scale * text_features @ all_images.t(), targets)
+    return image_to_text_weight * image_to_text + (1 - image_to_text_weight) * text_to_image
+
+
+def distributed_nt_xent_loss(view_a, view_b, temperature: float = 0.1):
+    """:func:`nt_xent_loss` over the global batch when training on several processes: this
+    process's 2n views are anchors, every process's 2N views the candidates (a view is never
+    compared with itself). Same averaging as :func:`distributed_clip_loss`; on one process it
+    *is* ``nt_xent_loss``."""
+    if not is_distributed():
+        return nt_xent_loss(view_a, view_b, temperature)
+    _check_pairs(view_a, view_b, names=("view_a", "view_b"))
+    a, b = F.normalize(view_a, dim=-1), F.normalize(view_b, dim=-1)
+    all_a, all_b = gather_features(a, b)
+    n, total = a.shape[0], all_a.shape[0]
+    logits = torch.cat([a, b]) @ torch.cat([all_a, all_b]).t() / temperature   # (2n, 2N)
+    rows = torch.arange(n, device=a.device) + rank() * n                         # global positions
+    itself = torch.cat([rows, rows + total])
+    logits = logits.index_put((torch.arange(2 * n, device=a.device), itself),
+                              torch.tensor(float("-inf"), device=a.device, dtype=logits.dtype))
+    targets = torch.cat([rows + total, rows])  # view a's twin is view b, and the other way round
     return F.cross_entropy(logits, targets)
 
 

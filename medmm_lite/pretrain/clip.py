@@ -64,7 +64,7 @@ from torch import nn
 
 from ..data.augment import light_augment
 from ..data.tensors import TensorDictDataset
-from ..objectives.contrastive import CLIP_INIT_TEMPERATURE, CLIP_MAX_LOGIT_SCALE, LogitScale, clip_loss
+from ..objectives.contrastive import CLIP_INIT_TEMPERATURE, CLIP_MAX_LOGIT_SCALE, LogitScale, distributed_clip_loss
 from ..train import fit
 
 PROJECTIONS = ("mlp", "linear")
@@ -166,7 +166,8 @@ def clip_step(model: CLIPModel, batch, image_to_text_weight: float = 0.5, augmen
     ``batch`` is a dict with ``image`` (B, C, H, W), ``input_ids`` and ``attention_mask``
     (B, L), as ``TensorDictDataset(image=..., input_ids=..., attention_mask=...)`` yields.
     ``image_to_text_weight``: 0.5 is CLIP, 0.75 ConVIRT. ``augment(images, generator=...)``
-    is applied to the images while the model trains (not in eval mode).
+    is applied to the images while the model trains (not in eval mode). Under DDP the loss
+    scores this process's pairs against every process's (``distributed_clip_loss``).
     """
     missing = [k for k in ("image", "input_ids", "attention_mask") if k not in batch]
     if missing:
@@ -177,7 +178,7 @@ def clip_step(model: CLIPModel, batch, image_to_text_weight: float = 0.5, augmen
         images = augment(images, generator=generator if images.device.type == "cpu" else None)
     image_emb, text_emb = model(images, batch["input_ids"], batch["attention_mask"])
     scale = model.logit_scale()
-    loss = clip_loss(image_emb, text_emb, scale, image_to_text_weight)
+    loss = distributed_clip_loss(image_emb, text_emb, scale, image_to_text_weight)
     return loss, {"temperature": 1.0 / scale.detach()}
 
 
@@ -412,7 +413,7 @@ def pretrain_clip(P, data, *, seed: int = 0, image_to_text_weight: float = 0.5, 
         label = "ConVIRT" if image_to_text_weight != 0.5 else "CLIP"
         desc = f"{label} T={'learned' if temperature is None else temperature}"
         history = fit(model, step, dataset, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                      amp=P.amp, progress=progress, desc=desc)
+                      amp=P.amp, progress=progress, desc=desc, rng=generator)
         # the clean training pairs, as evaluation will see them
         recalibrate_batchnorm(model, tensors["image"], tensors["input_ids"], tensors["attention_mask"])
         return history

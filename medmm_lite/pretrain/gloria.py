@@ -41,7 +41,7 @@ from torch import nn
 from ..data.augment import light_augment
 from ..data.findings import PATHOLOGIES
 from ..data.tensors import TensorDictDataset
-from ..objectives.contrastive import clip_loss
+from ..objectives.contrastive import distributed_clip_loss
 from ..objectives.local import (ATTENTION_KINDS, GLORIA_ATTENTION_TEMPERATURE, GLORIA_LOGIT_SCALE,
                                 GLORIA_SIMILARITY_TEMPERATURE, local_contrastive_loss, merge_subwords, merged_words,
                                 subword_tables, word_region_attention)
@@ -169,8 +169,9 @@ def gloria_step(model: GLoRIAModel, batch: dict, local_weight: float = 1.0,
         raise ValueError(f"local_weight must be >= 0, got {local_weight}")
     use_local = local_weight > 0
     out = model(batch["image"], batch["input_ids"], batch["attention_mask"], batch.get("word_ids"), words=use_local)
-    # clip_loss averages its two directions; GLoRIA sums them, hence the 2.
-    global_loss = 2 * clip_loss(out.image_global, out.text_global, temp_loss)
+    # clip_loss averages its two directions; GLoRIA sums them, hence the 2. Under DDP the global
+    # loss sees every process's pairs; the local (word-region) loss stays within each process.
+    global_loss = 2 * distributed_clip_loss(out.image_global, out.text_global, temp_loss)
     logs = {"global": global_loss.detach()}
     loss = global_loss
     if use_local:
@@ -326,7 +327,7 @@ def pretrain_gloria(P: Profile, data, *, seed: int = 0, local_weight: float = 1.
 
         name = "GLoRIA local+global" if local_weight > 0 else "global only"
         return fit(model, loss_fn, dataset_, steps=steps, batch_size=min(P.batch_size, len(dataset_)), lr=P.lr,
-                   seed=seed, device=device, amp=P.amp, progress=progress, desc=name)
+                   seed=seed, device=device, amp=P.amp, progress=progress, desc=name, rng=generator)
 
     name = "gloria" if local_weight > 0 else "gloria_global_only"
     return load_or_train(name, train, build_fn=build, key=key, device=device)

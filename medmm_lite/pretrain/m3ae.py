@@ -533,7 +533,7 @@ def pretrain_mlm(P: Profile, data, *, seed: int = 0, steps: int | None = None, b
 
         dataset_ = TensorDictDataset(**_text_columns(data, train_idx, every_occurrence))
         return fit(model, loss_fn, dataset_, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                   amp=P.amp, progress=progress, desc="MLM")
+                   amp=P.amp, progress=progress, desc="MLM", rng=masks)
 
     return load_or_train("mlm", train, build_fn=lambda: _seeded(lambda: build_mlm(P, vocab_size), seed), key=key,
                          device=device)
@@ -594,7 +594,7 @@ def pretrain_m3ae(P: Profile, data, *, seed: int = 0, steps: int | None = None, 
         dataset_ = TensorDictDataset(image=data.cohort.images[train_idx],
                                      **_text_columns(data, train_idx, every_occurrence))
         return fit(model, loss_fn, dataset_, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                   amp=P.amp, progress=progress, desc="M3AE")
+                   amp=P.amp, progress=progress, desc="M3AE", rng=masks)
 
     return load_or_train("m3ae", train, build_fn=build, key=key, device=device)
 

@@ -225,7 +225,7 @@ def pretrain_mae(P: Profile, data, *, seed: int = 0, mask_ratio: float = 0.75, s
             return loss
 
         return fit(model, loss_fn, TensorDictDataset(image=images), steps=steps, batch_size=batch_size, lr=lr,
-                   weight_decay=0.05, seed=seed, device=device, amp=P.amp, progress=progress, desc="MAE")
+                   weight_decay=0.05, seed=seed, device=device, amp=P.amp, progress=progress, desc="MAE", rng=masks)
 
     return load_or_train("mae", train, build_fn=build, key=key, device=device)
 

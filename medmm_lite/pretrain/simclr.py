@@ -36,7 +36,7 @@ from torch import nn
 
 from ..data.augment import light_augment, simclr_augment
 from ..data.tensors import TensorDictDataset
-from ..objectives.contrastive import nt_xent_loss
+from ..objectives.contrastive import distributed_nt_xent_loss
 from ..train import fit
 from .clip import (NEGATIVES, ProjectionHead, SameGroupBatches, _feature_dim, data_fingerprint, profile_key,
                    recalibrate_batchnorm)
@@ -82,7 +82,7 @@ def simclr_step(model: SimCLRModel, batch, temperature: float = SIMCLR_TEMPERATU
     views = torch.cat([augment(images, generator=g), augment(images, generator=g)])
     z = model(views)
     view_a, view_b = z.chunk(2)
-    return nt_xent_loss(view_a, view_b, temperature)
+    return distributed_nt_xent_loss(view_a, view_b, temperature)  # nt_xent_loss on one process
 
 
 def build_simclr(P, *, seed: int = 0, proj_dim: int = SIMCLR_PROJ_DIM) -> SimCLRModel:
@@ -135,7 +135,7 @@ def pretrain_simclr(P, data, *, seed: int = 0, temperature: float = SIMCLR_TEMPE
         generator = torch.Generator().manual_seed(seed + 1)
         step = partial(simclr_step, temperature=temperature, augment=AUGMENTATIONS[augment], generator=generator)
         history = fit(model, step, dataset, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                      amp=P.amp, progress=progress, desc=f"SimCLR T={temperature}")
+                      amp=P.amp, progress=progress, desc=f"SimCLR T={temperature}", rng=generator)
         # the head's BatchNorm statistics for the final weights (see clip.recalibrate_batchnorm)
         recalibrate_batchnorm(model, data.cohort.images[train])
         return history
