@@ -1,12 +1,18 @@
 # Two commands set everything up on a fresh machine with Python 3.11 and make:
 #   make course   # install, run every lesson (PROFILE=auto) into build/lessons/, print the headline table
 #   make test     # install with [dev], run the whole test suite (library + every lesson in the smoke profile)
+# Teaching (docs/instructors.md):
+#   make course PROFILE=cpu   # every lesson in one profile: fills the cache ($MEDMM_DATA) to copy to a room of laptops
+#   make exercises            # exercises/NN_name.ipynb: the lessons with solutions replaced by stubs, checks kept
+#   make book                 # build/book/: the lessons with their committed outputs as a static site
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
+# make course's profile: auto ($MEDMM_PROFILE, else gpu with CUDA, else cpu), smoke, cpu or gpu.
+PROFILE ?= auto
 
-.PHONY: course test lab notebooks benchmark clean
+.PHONY: course test lab notebooks exercises book benchmark clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +26,9 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(PIP) install -q -e ".[dev]"
 	touch $@ $(VENV)/.installed
 
-course: $(VENV)/.installed
-	$(PY) -m tools.lessons course
+# Running lessons needs papermill, jupytext and ipykernel: the [dev] extras.
+course: $(VENV)/.installed-dev
+	$(PY) -m tools.lessons course --profile $(PROFILE)
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest
@@ -32,6 +39,14 @@ lab: $(VENV)/.installed-dev
 # Maintainers: re-execute lessons in the cpu profile and rewrite the committed notebooks.
 notebooks: $(VENV)/.installed-dev
 	$(PY) -m tools.lessons build $(LESSONS)
+
+# The exercise notebooks, regenerated from the lessons (tests/test_exercises.py fails when they are stale).
+exercises: $(VENV)/.installed-dev
+	$(PY) -m tools.exercises build
+
+# The lessons with their committed outputs as a static site in build/book/ (nothing is executed).
+book: $(VENV)/.installed-dev
+	$(PY) -m tools.book
 
 benchmark: $(VENV)/.installed-dev
 	$(PY) benchmarks/run_all.py

@@ -2,6 +2,7 @@
 
     python -m tools.lessons build [NN ...]   # run lessons in the cpu profile, write notebooks/NN_*.ipynb
     python -m tools.lessons course           # run every lesson (PROFILE=auto) into build/lessons/, print headlines
+    python -m tools.lessons course --profile cpu   # the same in one profile (e.g. to pre-build a workshop's caches)
     python -m tools.lessons sync-urls        # rewrite Colab badges and install cells from pyproject's URL
 
 The source of truth is ``notebooks/NN_name.py`` (jupytext percent format). The
@@ -150,16 +151,50 @@ def build(keys: list[str], profile: str = "cpu") -> None:
         print(f"[build] wrote {lesson.with_suffix('.ipynb').name} in {time.time() - started:.0f} s", flush=True)
 
 
-def course() -> int:
-    """``make course``: every lesson with PROFILE=auto into build/lessons/, then one table."""
+def sync_prose(keys: list[str]) -> int:
+    """Copy edited markdown from the sources into the committed notebooks, without re-running.
+
+    Only when every code cell is unchanged (same cells, same order, same code): then the committed
+    outputs are still the outputs of that code, and a prose fix need not cost a full cpu run.
+    """
+    import nbformat
+
+    failed = 0
+    for lesson in [find_lesson(k) for k in keys] if keys else lessons():
+        path = lesson.with_suffix(".ipynb")
+        source, nb = read_source(lesson), nbformat.read(path, as_version=4)
+        shape = [(c.cell_type, c.source.strip() if c.cell_type == "code" else "") for c in source.cells]
+        if shape != [(c.cell_type, c.source.strip() if c.cell_type == "code" else "") for c in nb.cells]:
+            print(f"{lesson.name}: code cells changed; rebuild it: python -m tools.lessons build {lesson.stem[:2]}")
+            failed += 1
+            continue
+        changed = 0
+        for src, cell in zip(source.cells, nb.cells):
+            if cell.cell_type == "markdown" and cell.source != src.source:
+                cell.source, changed = src.source, changed + 1
+        if changed:
+            nbformat.write(nb, path)
+        print(f"{lesson.name}: {changed} markdown cells updated")
+    return 1 if failed else 0
+
+
+def course(profile: str = "auto") -> int:
+    """``make course [PROFILE=...]``: every lesson into build/lessons/, then one table.
+
+    ``profile="auto"`` leaves the choice to each notebook (``$MEDMM_PROFILE``, else gpu with
+    CUDA, else cpu); a named profile is passed in through ``MEDMM_PROFILE``. Trained models and
+    cohorts land in the cache (``$MEDMM_DATA``), so running this once before a workshop and
+    copying that directory spares every laptop the training.
+    """
     out_dir = BUILD / "lessons"
     rows, failed = [], []
     for lesson in lessons():
         started = time.time()
         results_file = out_dir / f"{lesson.stem}.results.json"
-        print(f"[course] running {lesson.stem} ...", flush=True)
+        print(f"[course] running {lesson.stem} (profile {profile}) ...", flush=True)
         try:
-            execute(lesson, out_dir / f"{lesson.stem}.ipynb", profile=None, results=results_file)
+            execute(lesson, out_dir / f"{lesson.stem}.ipynb", profile=None if profile == "auto" else profile,
+                    results=results_file)
         except Exception as err:  # keep going: one broken lesson should not hide the others
             failed.append(lesson.stem)
             print(f"[course] {lesson.stem} FAILED: {str(err).splitlines()[0] if str(err) else err!r}", flush=True)
@@ -207,14 +242,19 @@ def main(argv: list[str] | None = None) -> int:
     p_build = sub.add_parser("build", help="execute lessons and write the committed .ipynb files")
     p_build.add_argument("lessons", nargs="*", help="lesson numbers or names (default: all)")
     p_build.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "gpu"])
-    sub.add_parser("course", help="run every lesson with PROFILE=auto and print the headline table")
+    p_prose = sub.add_parser("sync-prose", help="copy markdown edits into the .ipynb when no code changed")
+    p_prose.add_argument("lessons", nargs="*", help="lesson numbers or names (default: all)")
+    p_course = sub.add_parser("course", help="run every lesson (default PROFILE=auto) and print the headline table")
+    p_course.add_argument("--profile", default="auto", choices=["auto", "smoke", "cpu", "gpu"])
     sub.add_parser("sync-urls", help="rewrite badges and install cells from pyproject.toml")
     args = parser.parse_args(argv)
     if args.command == "build":
         build(args.lessons, args.profile)
         return 0
+    if args.command == "sync-prose":
+        return sync_prose(args.lessons)
     if args.command == "course":
-        return course()
+        return course(args.profile)
     sync_urls()
     return 0
 
