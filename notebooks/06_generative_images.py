@@ -435,7 +435,7 @@ print(f"measured answer: adding generated images {verdict}")
 # and it is why "generated only" can beat "real only". Whether it helps a given task is an
 # empirical question, which is why the measured answer above is printed, not assumed.
 #
-# ## 7. Image -> image: MRI T1 -> T2
+# ## 7. Image to image: MRI T1 to T2
 #
 # The phantoms give every brain as registered T1, T2 and FLAIR slices, with a mask of its white
 # matter lesions (dark on T1, bright on T2 and FLAIR). Because the pairs are registered pixel for
@@ -573,8 +573,9 @@ true_c, pred_c = lesions["U-Net, L1"]["per_lesion"]
 faint = float(np.mean(pred_c < 0.5 * true_c))
 print(f"L1: {faint:.0%} of the test phantoms with lesions have their lesion contrast at under half its true value")
 medmm_lite.record("t2_lesions_faint_frac_l1", faint)
-#
-# ## 9. T1 -> FLAIR
+
+# %% [markdown]
+# ## 9. T1 to FLAIR
 #
 # FLAIR suppresses the fluid signal: ventricles go dark, lesions stay bright. The same recipe:
 
