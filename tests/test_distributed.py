@@ -195,7 +195,7 @@ def _cli(tmp_path, out, *extra):
 
 
 @pytest.mark.parametrize("flags, config, message", [
-    (["--objective", "caption"], None, "'caption' is not available yet: it comes with lesson 05.*Available now: clip"),
+    (["--objective", "coca"], None, "'coca' is not available yet: it comes with lesson 08.*Available now: clip"),
     (["--objective", "vae"], None, "unknown objective 'vae'; available: clip"),
     (["--config", "missing.toml"], None, "config file missing.toml does not exist"),
     ([], "bogus = 1\n", "unknown key 'bogus'. Top-level keys set profile fields"),
@@ -206,8 +206,8 @@ def _cli(tmp_path, out, *extra):
     (["--grad-accum", "0"], None, "--grad-accum must be >= 1"),
 ])
 def test_the_command_line_rejects_bad_input_clearly(tmp_path, capsys, flags, config, message):
-    if "caption" in flags and "caption" in OBJECTIVES:
-        pytest.skip("the captioning objective has landed: it is no longer a planned one")
+    if "coca" in flags and "coca" in OBJECTIVES:
+        pytest.skip("the CoCa objective has landed: it is no longer a planned one")
     if config is not None:
         (tmp_path / "bad.toml").write_text(config)
         flags = ["--config", str(tmp_path / "bad.toml")]
