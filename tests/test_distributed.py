@@ -222,7 +222,7 @@ def test_the_command_line_stops_resumes_exactly_and_fills_the_lessons_cache(tmp_
     assert main(_cli(tmp_path, "whole")) == 0
 
     # the same run, stopped after 3 of 6 steps by the real entry point (as a preempted job) ...
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(ROOT)}
     stopped = subprocess.run([sys.executable, "-m", "medmm_lite.pretrain", *_cli(tmp_path, "parts", "--retrain",
                                                                                "--stop-after", "3")],
                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
