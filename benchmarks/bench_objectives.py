@@ -18,7 +18,9 @@ Models come from the library's ``build_*`` functions at the profile's sizes, inp
 random: images (B, 1, H, W) and token ids whose lengths follow the cpu-profile cohort's
 texts (deciles of the measured lengths below, per kind of text), so the padding trimmed
 away and the attention cost are those of training. No cohort is generated. Two warm-up
-steps, then ``--steps`` timed steps; the median is reported.
+steps, then ``--steps`` timed steps; the median is reported, with the fastest step and
+the CPU time of a step (all threads; with one thread, a measure that other work on the
+machine barely changes).
 """
 from __future__ import annotations
 
@@ -135,7 +137,7 @@ def objectives(P, batch: int, device, generator):
                                lambda m: caption.caption_step(m, {"image": images, "input_ids": caption_ids,
                                                                   "attention_mask": caption_mask},
                                                               augment=light_augment, generator=g)[0],
-                               "findings text, teacher forcing")
+                               "build_caption defaults, findings, teacher forcing")
     return table
 
 
@@ -145,9 +147,9 @@ def time_steps(model, loss_fn, warmup: int, steps: int, sync, amp_dtype) -> list
     optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     model.train()
-    times = []
+    times, cpu = [], []
     for i in range(warmup + steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else torch.autocast("cpu", enabled=False):
             loss = loss_fn(model)
@@ -157,7 +159,8 @@ def time_steps(model, loss_fn, warmup: int, steps: int, sync, amp_dtype) -> list
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return times
+            cpu.append(time.process_time() - cpu_start)
+    return times, cpu
 
 
 def main(argv=None):
@@ -194,21 +197,22 @@ def main(argv=None):
     table = objectives(P, batch, device, generator)
     wanted = {n.lower() for n in args.only} if args.only else None
     rows = []
-    print(f"\n{'objective':<16} {'samples/s':>10} {'ms/step':>9} {'min ms':>8} {'params':>11}   note")
-    print("-" * 80)
+    print(f"\n{'objective':<16} {'samples/s':>10} {'ms/step':>9} {'min ms':>8} {'CPU ms':>8} {'params':>11}   note")
+    print("-" * 89)
     for name, (build, loss_fn, note) in table.items():
         if wanted and name.lower() not in wanted and not wanted & set(name.lower().split()):
             continue
         torch.manual_seed(0)
         model = build().to(device)
-        times = time_steps(model, loss_fn, args.warmup, args.steps, sync, amp_dtype)
+        times, cpu = time_steps(model, loss_fn, args.warmup, args.steps, sync, amp_dtype)
         ms = 1e3 * statistics.median(times)
         row = {"objective": name, "batch": batch, "ms_per_step": round(ms, 2), "min_ms": round(1e3 * min(times), 2),
+               "cpu_ms_per_step": round(1e3 * statistics.median(cpu), 2),
                "samples_per_s": round(batch / (ms / 1e3), 1), "params": count_parameters(model), "note": note,
                "ms_all": [round(1e3 * t, 2) for t in times]}
         rows.append(row)
-        print(f"{name:<16} {row['samples_per_s']:10.1f} {ms:9.1f} {row['min_ms']:8.1f} {row['params']:11,}   {note}",
-              flush=True)
+        print(f"{name:<16} {row['samples_per_s']:10.1f} {ms:9.1f} {row['min_ms']:8.1f} {row['cpu_ms_per_step']:8.1f} "
+              f"{row['params']:11,}   {note}", flush=True)
         del model
     after = machine.describe()
     print(f"load average after: {after['load_1_5_15'][0]:.2f} (1 min)")
