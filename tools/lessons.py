@@ -100,8 +100,10 @@ def execute(lesson: Path, output: Path, *, profile: str | None, parameters: dict
     output.parent.mkdir(parents=True, exist_ok=True)
     source_nb = output.with_suffix(".source.ipynb")
     nbformat.write(read_source(lesson), source_nb)
-    env_before = {k: os.environ.get(k) for k in ("MEDMM_PROFILE", "MEDMM_RESULTS", "MEDMM_PROGRESS")}
+    env_before = {k: os.environ.get(k) for k in ("MEDMM_PROFILE", "MEDMM_RESULTS", "MEDMM_PROGRESS",
+                                                "MEDMM_WIDGETS")}
     os.environ["MEDMM_PROGRESS"] = "text"  # a saved progress widget would read "0%"; print a summary line
+    os.environ["MEDMM_WIDGETS"] = "static"  # no one can click a saved widget: views draw static figures
     if results is not None:
         results.parent.mkdir(parents=True, exist_ok=True)
         results.unlink(missing_ok=True)
