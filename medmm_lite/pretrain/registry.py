@@ -47,10 +47,11 @@ OBJECTIVES = {o.name: o for o in (
               "M3AE: masked image + text modelling, image-text matching"),
     Objective("caption", "medmm_lite.pretrain.caption:pretrain_caption", "05",
               "captioning: write the report from the image (encoder-decoder)"),
+    Objective("coca", "medmm_lite.pretrain.coca:pretrain_coca", "08", "CoCa: contrastive + captioning"),
 )}
 
 # Objectives of lessons still to be written: name -> the lesson that will bring it.
-PLANNED = {"coca": "lesson 08 (CoCa: contrastive + captioning)"}
+PLANNED: dict[str, str] = {}
 
 
 def get_objective(name: str) -> Objective:
@@ -61,7 +62,8 @@ def get_objective(name: str) -> Objective:
     if name in PLANNED:
         raise ValueError(f"objective {name!r} is not available yet: it comes with {PLANNED[name]}. "
                          f"Available now: {available}")
-    raise ValueError(f"unknown objective {name!r}; available: {available} (planned: {', '.join(PLANNED)})")
+    planned = f" (planned: {', '.join(PLANNED)})" if PLANNED else ""
+    raise ValueError(f"unknown objective {name!r}; available: {available}{planned}")
 
 
 __all__ = ["Objective", "OBJECTIVES", "PLANNED", "get_objective"]
