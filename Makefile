@@ -12,7 +12,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 # make course's profile: auto ($MEDMM_PROFILE, else gpu with CUDA, else cpu), smoke, cpu or gpu.
 PROFILE ?= auto
 
-.PHONY: course test lab notebooks exercises book benchmark clean
+.PHONY: course test browser lab notebooks exercises book benchmark clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,17 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 course: $(VENV)/.installed-dev
 	$(PY) -m tools.lessons course --profile $(PROFILE)
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev browser
 	$(PY) -m pytest
+
+# tests/test_browser.py opens the lessons in JupyterLab in headless Chromium. Install Debian's
+# chromium where we can (root with apt-get); elsewhere that test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; } ; } || \
+	  echo "make test: no chromium installed here; tests/test_browser.py will be skipped"
 
 lab: $(VENV)/.installed-dev
 	$(VENV)/bin/jupyter lab notebooks/
