@@ -91,3 +91,41 @@ def draw_course_map():
     ax.annotate("", xy=(6, 2.7), xytext=(6, 3.3), arrowprops=dict(arrowstyle="->", lw=1.5))
     fig.tight_layout()
     return fig
+
+
+def label_efficiency(curves: dict, ax=None, intervals: dict | None = None, references: dict | None = None,
+                     markers: dict | None = None, title: str = "label efficiency", dodge: float = 0.03):
+    """Test AUROC against the number of labelled training studies (log x), one line per method.
+
+    Args:
+        curves: ``{method: {n_labels: auroc}}``.
+        intervals: ``{method: {n_labels: (low, high)}}``: drawn as error bars (e.g. bootstrap 95% CIs).
+        references: ``{name: auroc}`` for methods with no label axis (zero-shot): dashed horizontal lines.
+        markers: ``{name: (n_labels, auroc)}``: single points drawn as stars (e.g. a model tuned on other labels).
+        dodge: methods are shifted sideways by this fraction of x each, so their error bars do not overlap.
+    Returns the axes; the legend sits below them.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4.6))
+    total = len(curves) + len(markers or {})
+    for i, (name, curve) in enumerate(curves.items()):
+        shift = 1 + dodge * (i - (total - 1) / 2)
+        xs = sorted(curve)
+        colour = f"C{i}"
+        ax.plot([x * shift for x in xs], [curve[x] for x in xs], "o-", color=colour, label=name, ms=4)
+        for x, (low, high) in (intervals or {}).get(name, {}).items():
+            ax.errorbar([x * shift], [curve[x]], yerr=[[curve[x] - low], [high - curve[x]]], color=colour,
+                        capsize=3, lw=1)
+    n = len(curves)
+    for j, (name, value) in enumerate((references or {}).items()):
+        ax.axhline(value, color=f"C{n + j}", ls="--", lw=1.2, label=name)
+    for j, (name, (x, value)) in enumerate((markers or {}).items()):
+        shift = 1 + dodge * (n + j - (total - 1) / 2)
+        ax.plot([x * shift], [value], "*", ms=13, color=f"C{n + len(references or {}) + j}", label=name)
+    ax.axhline(0.5, color="gray", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training studies (log scale)")
+    ax.set_ylabel("test macro AUROC")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    return ax
