@@ -23,8 +23,7 @@ Modules: ``instructions`` (questions, conversations, chat template, label maskin
 (projector, ``<image>`` splicing, generation with the KV cache), ``train`` (the stages),
 ``evaluate`` (VQA metrics, instruction classification, chat).
 """
-from .evaluate import (ask, chat, chat_box, classify_by_instruction, evaluate_vqa, interactive, majority_answers,
-                       mean_boxes)
+from .evaluate import ask, answerer, chat, classify_by_instruction, evaluate_vqa, majority_answers, mean_boxes
 from .instructions import (ASSISTANT_TOKEN, IGNORE_INDEX, IMAGE_TOKEN, QUESTION_KINDS, USER_TOKEN, box_iou,
                            box_to_text, build_conversations, encode_conversation, encode_plain, generate_questions,
                            parse_box, render_chat, sample_eval_questions, vlm_tokenizer)
@@ -38,5 +37,5 @@ __all__ = ["pretrain_vlm", "classify_by_instruction", "build_vlm", "VisionLangua
            "lm_config", "build_language_model", "from_pretrained", "pretrain_language_model", "vlm_tokenizer",
            "generate_questions", "build_conversations", "sample_eval_questions", "encode_conversation",
            "encode_plain", "render_chat", "box_to_text", "parse_box", "box_iou", "IGNORE_INDEX", "IMAGE_TOKEN",
-           "USER_TOKEN", "ASSISTANT_TOKEN", "QUESTION_KINDS", "ask", "chat", "chat_box", "interactive",
+           "USER_TOKEN", "ASSISTANT_TOKEN", "QUESTION_KINDS", "ask", "chat", "answerer",
            "evaluate_vqa", "majority_answers", "mean_boxes"]

@@ -5,11 +5,9 @@
   p("yes") / (p("yes") + p("no")) for the answer token, for AUROC against labels.
 * :func:`evaluate_vqa`: closed-question accuracy per kind beside the majority answer,
   grounding IoU beside the mean box, open answers by clinical F1 and hallucinations.
-* :func:`chat_box`: a small ipywidgets chat where a live kernel exists.
+* :func:`chat` / :func:`answerer`: one answer at a time, for ``medmm_lite.widgets.chat_box``.
 """
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import torch
@@ -42,12 +40,10 @@ def ask(model: VisionLanguageModel, image_features, questions, *, max_new_tokens
 
 
 def answer_token_ids(model: VisionLanguageModel, words=("yes", "no")) -> list[int]:
-    ids = []
-    for w in words:
-        pieces = model.tokenizer(w, add_special_tokens=False)["input_ids"]
-        if len(pieces) != 1:
-            raise ValueError(f"{w!r} is not a single token of this tokenizer ({pieces})")
-        ids.append(pieces[0])
+    """The first token of each answer word (the one the model must choose first)."""
+    ids = [model.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"the answers {words} start with the same token; they cannot be told apart by it")
     return ids
 
 
@@ -56,7 +52,8 @@ def classify_by_instruction(model: VisionLanguageModel, images, findings=FINDING
                             image_features=None) -> np.ndarray:
     """Scores (N, len(findings)): p("yes") / (p("yes") + p("no")) after "is there <finding>?".
 
-    One forward pass per image and finding (no generation): the answer's first token decides.
+    One forward pass per image and finding (no generation): the answer's first token decides
+    (the first piece of "yes" when the tokenizer splits it).
     ``image_features`` (N, K, d) may be passed to skip the vision encoder.
     """
     feats = image_features if image_features is not None else batched_image_features(model, images, batch_size)
@@ -162,52 +159,12 @@ def chat(model: VisionLanguageModel, image, question: str, history=(), max_new_t
     return ask(model, feats, [question], histories=[tuple(history)], max_new_tokens=max_new_tokens)[0]
 
 
-def interactive() -> bool:
-    """True in a live Jupyter kernel with ipywidgets (not under papermill or a plain script)."""
-    if os.environ.get("MEDMM_PROGRESS") == "text":  # the course's executed notebooks (papermill)
-        return False
-    try:
-        import ipywidgets  # noqa: F401
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
-
-
-def chat_box(model: VisionLanguageModel, images, index: int = 0):
-    """An ipywidgets chat about ``images[index]``: a text box, a Send button, the conversation.
-
-    Returns the widget (display it), or None when no live kernel with ipywidgets exists.
-    """
-    if not interactive():
-        return None
-    import ipywidgets as widgets
-
-    history: list[tuple[str, str]] = []
-    which = widgets.BoundedIntText(value=index, min=0, max=len(images) - 1, description="image")
-    text = widgets.Text(placeholder="is there a pleural effusion?", description="you")
-    send = widgets.Button(description="Send")
-    log = widgets.Output()
-
-    def on_send(_):
-        question = text.value.strip().lower()
-        if not question:
-            return
-        answer = chat(model, images[which.value], question, history)
-        history.append((question, answer))
-        with log:
-            print(f"you: {question}\nvlm: {answer}")
-        text.value = ""
-
-    def on_image(_):
-        history.clear()
-        log.clear_output()
-
-    send.on_click(on_send)
-    which.observe(on_image, names="value")
-    return widgets.VBox([which, widgets.HBox([text, send]), log])
+def answerer(model: VisionLanguageModel, images, max_new_tokens: int = 48):
+    """``answer(image_index, question, history) -> str`` for ``medmm_lite.widgets.chat_box``."""
+    def answer(index, question, history=()):
+        return chat(model, images[index], question.strip().lower(), history, max_new_tokens=max_new_tokens)
+    return answer
 
 
 __all__ = ["ask", "decode", "prompt_ids", "classify_by_instruction", "answer_token_ids", "evaluate_vqa",
-           "majority_answers", "mean_boxes", "chat", "chat_box", "interactive", "MAX_NEW_TOKENS", "normalise"]
+           "majority_answers", "mean_boxes", "chat", "answerer", "MAX_NEW_TOKENS", "normalise"]

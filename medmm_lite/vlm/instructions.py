@@ -247,7 +247,8 @@ def vlm_tokenizer(data, vocab_size: int | None = None):
     from ..data.tokenizer import train_tokenizer
 
     train = np.asarray(data.splits["train"], dtype=np.int64)
-    texts = [data.cohort.reports[i] for i in train] + template_texts()
+    # the templates are repeated so their words (and "yes") become whole tokens, as a chat corpus would make them
+    texts = [data.cohort.reports[i] for i in train] + template_texts() * 20
     base = train_tokenizer(texts, int(vocab_size or len(data.tokenizer) + 100))
     tok = copy.deepcopy(base)
     tok.add_special_tokens({"additional_special_tokens": list(VLM_SPECIAL_TOKENS)})

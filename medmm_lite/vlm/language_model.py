@@ -18,7 +18,6 @@ import inspect
 import numpy as np
 import torch
 
-from ..data.tensors import TensorDictDataset
 from ..train import fit
 from .instructions import IGNORE_INDEX, pad_batch
 
@@ -107,17 +106,17 @@ def pretrain_language_model(P, data, tokenizer, *, seed: int = 0, steps: int | N
                             retrain: bool = False, sizes: dict | None = None):
     """Train (or load from the cache) the small Llama on the training reports: ``(model, info)``.
 
-    Steps default to half the profile's; the reports are ``[BOS] report [EOS]``, truncated to
+    Steps default to a third of the profile's; batches group reports of similar length; the reports are ``[BOS] report [EOS]``, truncated to
     ``P.max_text_len + 32`` tokens.
     """
     from ..hub import load_or_train
     from ..pretrain.clip import data_fingerprint, profile_key
 
     sizes = {**lm_sizes(P), **(sizes or {})}
-    steps = steps or max(1, P.steps // 2)
+    steps = steps or max(1, P.steps // 3)
     lr, device = lr or P.lr, device or P.device
     train = np.asarray(data.splits["train"], dtype=np.int64)
-    batch_size = min(batch_size or P.batch_size, len(train))
+    batch_size = min(batch_size or max(8, P.batch_size // 2), len(train))
     max_len = P.max_text_len + 32
     tensors = encode_reports_for_lm(tokenizer, [data.cohort.reports[i] for i in train], max_len)
     vocab_size = len(tokenizer)
@@ -126,7 +125,9 @@ def pretrain_language_model(P, data, tokenizer, *, seed: int = 0, steps: int | N
         return build_language_model(lm_config(vocab_size, tokenizer=tokenizer, max_len=512, **sizes), seed=seed)
 
     def train_fn(model):
-        return fit(model, lm_step, TensorDictDataset(**tensors), steps=steps, batch_size=batch_size, lr=lr,
+        from .train import length_grouped
+
+        return fit(model, lm_step, length_grouped(tensors), steps=steps, batch_size=batch_size, lr=lr,
                    seed=seed, device=device, amp=P.amp, progress=progress, desc="LM on reports")
 
     key = {**profile_key(P), "data": data_fingerprint(data), "vocab": vocab_size, "seed": seed, "steps": steps,

@@ -98,7 +98,8 @@ class VisionLanguageModel(nn.Module):
         lm: a Hugging Face causal LM (``LlamaForCausalLM``).
         tokenizer: the VLM tokenizer (``vlm_tokenizer``), kept as ``.tokenizer`` for prompting.
         image_grid: the patch grid is average-pooled to ``image_grid x image_grid`` tokens (fewer
-            tokens, faster; LLaVA keeps all 576 of a 24 x 24 grid).
+            tokens, faster; LLaVA keeps all 576 of a 24 x 24 grid); the encoder's global feature
+            (CLIP's [CLS], the one its contrastive loss trained) comes first.
         projector: ``"mlp"`` or ``"linear"``.
     """
 
@@ -113,10 +114,28 @@ class VisionLanguageModel(nn.Module):
         self.image_token_id = self.ids["image"]
         grid = getattr(vision, "grid_size", None)
         self.image_grid = min(int(image_grid), *(grid or (image_grid,)))
-        self.num_image_tokens = self.image_grid ** 2
+        self.num_image_tokens = 1 + self.image_grid ** 2
         vision_dim = getattr(vision, "local_dim", None) or vision.dim
         self.projector = Projector(vision_dim, lm.config.hidden_size, projector)
+        # Standardisation of the frozen features (per token and channel), set from the training
+        # images by set_feature_stats; identity until then. Saved with the model (buffers).
+        self.register_buffer("feature_mean", torch.zeros(self.num_image_tokens, vision_dim))
+        self.register_buffer("feature_std", torch.ones(self.num_image_tokens, vision_dim))
         self._cache_kw = cache_keyword(lm)
+
+    @torch.no_grad()
+    def set_feature_stats(self, features: torch.Tensor) -> "VisionLanguageModel":
+        """Standardise image features with the mean and std of ``features`` (N, K, d), training images.
+
+        Every chest X-ray shares the same anatomy, so the frozen encoder gives all images nearly
+        the same vector (CLIP's projection head has a BatchNorm for the same reason, see
+        ``pretrain.clip``); the differences that carry the findings are small. Standardising
+        each feature with training statistics (a fixed, non-learned normalisation) hands the
+        projector those differences at unit scale.
+        """
+        self.feature_mean.copy_(features.mean(0))
+        self.feature_std.copy_(features.std(0).clamp_min(1e-4))
+        return self
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -125,17 +144,20 @@ class VisionLanguageModel(nn.Module):
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) images -> (B, K, d_vision) pooled patch features of the frozen encoder."""
-        local = self.vision(images).local_features                      # (B, N, d)
+        """(B, 1, H, W) images -> (B, K, d_vision): the encoder's global feature, then its patch
+        features average-pooled to ``image_grid x image_grid``, row by row (K = 1 + grid^2)."""
+        out = self.vision(images)
+        local = out.local_features                                       # (B, N, d)
         h, w = self.vision.grid_size
         grid = local.transpose(1, 2).reshape(local.shape[0], -1, h, w)
-        pooled = F.adaptive_avg_pool2d(grid, self.image_grid)
-        return pooled.flatten(2).transpose(1, 2).contiguous()
+        pooled = F.adaptive_avg_pool2d(grid, self.image_grid).flatten(2).transpose(1, 2)
+        return torch.cat([out.global_features.unsqueeze(1), pooled], 1).contiguous()
 
     def embed(self, input_ids, image_features, attention_mask=None, labels=None):
         """Project the image features and splice them into the text embeddings at ``<image>``."""
         text = self.lm.get_input_embeddings()(input_ids)
-        image = self.projector(image_features.to(text.dtype))
+        standardised = (image_features.to(text.dtype) - self.feature_mean) / self.feature_std
+        image = self.projector(standardised)
         return splice_image_tokens(text, input_ids, image, self.image_token_id, attention_mask, labels)
 
     def forward(self, input_ids, attention_mask=None, labels=None, image_features=None, images=None, **kwargs):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.tensors import TensorDictDataset
 from ..train import fit
 from .instructions import (build_conversations, encode_conversations, encode_plain, generate_questions, pad_batch,
                            vlm_tokenizer)
@@ -23,8 +22,22 @@ from .model import VisionLanguageModel, batched_image_features, vlm_step
 
 
 def stage_steps(P) -> dict:
-    """Default optimiser steps of each phase for profile ``P``."""
-    return {"lm": max(1, P.steps // 2), "stage1": max(1, P.steps // 3), "stage2": P.steps}
+    """Default optimiser steps of each phase for profile ``P``: most go to instruction tuning."""
+    return {"lm": max(1, P.steps // 3), "stage1": max(1, P.steps // 4), "stage2": max(1, P.steps * 5 // 4)}
+
+
+def length_grouped(tensors: dict, n_groups: int = 4):
+    """A dataset whose every batch holds sequences of similar length (LLaVA's ``group_by_length``).
+
+    Sequences are cut into ``n_groups`` groups by length quantile; each batch is drawn from one
+    group (``pretrain.clip.SameGroupBatches``), and ``vlm_step`` trims the padding columns, so a
+    batch of short questions is not padded to the longest report in the data set.
+    """
+    from ..pretrain.clip import SameGroupBatches
+
+    lengths = tensors["attention_mask"].sum(1).numpy()
+    edges = np.quantile(lengths, np.linspace(0, 1, n_groups + 1)[1:-1])
+    return SameGroupBatches(np.digitize(lengths, edges), **tensors)
 
 
 def vlm_batch_size(P) -> int:
@@ -123,8 +136,9 @@ def pretrain_vlm(P, data, *, seed: int = 0, stage: int = 2, device=None, progres
     def train_stage1(model):
         model.vision.load_state_dict(clip_model.image_encoder.state_dict())
         model.lm.load_state_dict(lm.state_dict())
+        model.set_feature_stats(features)
         model.lm.requires_grad_(False)
-        return fit(model, vlm_step, TensorDictDataset(**s1), steps=steps["stage1"], batch_size=batch_size,
+        return fit(model, vlm_step, length_grouped(s1), steps=steps["stage1"], batch_size=batch_size,
                    lr=lr, seed=seed, device=device, amp=P.amp, progress=progress, desc="stage 1: projector",
                    params=list(model.projector.parameters()))
 
@@ -150,7 +164,7 @@ def pretrain_vlm(P, data, *, seed: int = 0, stage: int = 2, device=None, progres
         if lora_rank:
             add_lora(model, lora_rank, lora_alpha)
         trainable = model.trainable_parameters()
-        history = fit(model, vlm_step, TensorDictDataset(**s2), steps=steps["stage2"], batch_size=batch_size,
+        history = fit(model, vlm_step, length_grouped(s2), steps=steps["stage2"], batch_size=batch_size,
                       lr=lr, seed=seed, device=device, amp=P.amp, progress=progress,
                       desc=f"stage 2: {'LoRA' if lora_rank else 'projector + LM'}",
                       params=[p for p in model.parameters() if p.requires_grad])
@@ -167,4 +181,4 @@ def pretrain_vlm(P, data, *, seed: int = 0, stage: int = 2, device=None, progres
     return model2.eval(), {**info2, "phases": phases, "tokenizer": tokenizer}
 
 
-__all__ = ["pretrain_vlm", "build_vlm", "add_lora", "stage_steps", "vlm_batch_size", "stage1_tensors", "LORA_TARGETS"]
+__all__ = ["pretrain_vlm", "build_vlm", "add_lora", "stage_steps", "length_grouped", "vlm_batch_size", "stage1_tensors", "LORA_TARGETS"]
