@@ -115,7 +115,8 @@ _BUDGETS = {
     "smoke": dict(changes=dict(steps=60, batch_size=32), finetune_steps=20, probe_steps=100, n_boot=200),
     "cpu": dict(changes=dict(image_size=32, patch_size=8, dim=64, depth=2, heads=4, steps=300), finetune_steps=100,
                 probe_steps=300, n_boot=500),
-    "gpu": dict(changes=dict(image_size=64, patch_size=8, dim=128, depth=4, heads=4, steps=800), finetune_steps=300,
+    # Not measured (no GPU on the course's machine): an estimate meant to fit a T4's 10 minutes.
+    "gpu": dict(changes=dict(image_size=64, patch_size=8, dim=128, depth=4, heads=4, steps=500), finetune_steps=200,
                 probe_steps=500, n_boot=1000),
 }
 FINETUNE_LR_SCALE = 0.25
@@ -220,23 +221,40 @@ def label_subsets(train_idx, labels, fractions=LABEL_FRACTIONS, seed: int = 0) -
     return {f: label_subset(train_idx, labels, f, seed=seed) for f in fractions}
 
 
-def probe_head(probe) -> tuple[torch.Tensor, torch.Tensor]:
-    """A trained linear probe as one linear layer on the raw features: its BatchNorm (no affine,
-    running statistics) folded into the weights, ``W' = W / sqrt(var + eps)``, ``b' = b - W' mean``.
-    ``x @ W'.T + b'`` equals the probe's logits, so a :class:`Classifier`'s head can start there."""
+class Standardize(nn.Module):
+    """A fixed standardisation of features, ``(x - mean) * inv_std``: a probe's BatchNorm in eval mode,
+    kept frozen (buffers, not parameters) when the probe becomes a fine-tuned classifier's head."""
+
+    def __init__(self, mean: torch.Tensor, inv_std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean.detach().clone().float())
+        self.register_buffer("inv_std", inv_std.detach().clone().float())
+
+    def forward(self, x):
+        return (x - self.mean) * self.inv_std
+
+
+def probe_head(probe) -> nn.Sequential:
+    """A trained linear probe as a head on raw features: ``Standardize`` (its BatchNorm's running
+    statistics, frozen) then a copy of its ``Linear``. ``head(x)`` gives the probe's logits.
+
+    (Folding the standardisation into the linear layer is the same map in exact arithmetic, but
+    image features that barely vary, as a fresh ViT's do, give it weights of 1/std ~ 1e3 and a bias
+    that cancels them: float32 loses the probe's output. Keeping the two steps keeps the numbers.)
+    """
     norm, linear = probe.model[0], probe.model[1]
-    scale = 1.0 / torch.sqrt(norm.running_var + norm.eps)
-    weight = linear.weight.detach() * scale
-    bias = linear.bias.detach() - weight @ norm.running_mean
-    return weight.cpu().clone(), bias.cpu().clone()
+    inv_std = 1.0 / torch.sqrt(norm.running_var + norm.eps)
+    head = nn.Linear(linear.in_features, linear.out_features)
+    head.load_state_dict({k: v.detach().cpu() for k, v in linear.state_dict().items()})
+    return nn.Sequential(Standardize(norm.running_mean.cpu(), inv_std.cpu()), head)
 
 
 def probe_scores(features: dict, labels, splits, subsets: dict, *, steps: int, seed: int = 0, device=None) -> dict:
-    """Linear probes on frozen features; ``{fraction: {"val": (n_val, 9), "test": (n_test, 9), "head": (W, b)}}``.
+    """Linear probes on frozen features; ``{fraction: {"val": (n_val, 9), "test": (n_test, 9), "head": module}}``.
 
     ``features``: ``{"train": (n_train, D), "val": ..., "test": ...}`` rows in the order of
     ``splits``; ``subsets[fraction]``: labelled study indices (a subset of ``splits["train"]``).
-    ``head``: the probe folded into one linear layer (:func:`probe_head`), where fine-tuning starts.
+    ``head``: the probe as a head on raw features (:func:`probe_head`), where fine-tuning starts.
     """
     labels = _pathology_labels(labels)
     position = {int(j): i for i, j in enumerate(np.asarray(splits["train"]))}
@@ -252,14 +270,12 @@ def probe_scores(features: dict, labels, splits, subsets: dict, *, steps: int, s
     return out
 
 
-def classifier_from_probe(encoder: nn.Module, head=None) -> Classifier:
-    """A :class:`Classifier` on a copy of ``encoder`` (the original is never trained), its head set to
-    ``head = (W, b)`` (from :func:`probe_head`) when given."""
-    model = Classifier(copy.deepcopy(encoder).cpu(), *([] if head is None else [head[0].shape[0]]))
+def classifier_from_probe(encoder: nn.Module, head: nn.Module | None = None) -> Classifier:
+    """A :class:`Classifier` on a copy of ``encoder`` (the original is never trained), its head a copy
+    of ``head`` (from :func:`probe_head`) when given, else a fresh linear layer."""
+    model = Classifier(copy.deepcopy(encoder).cpu())
     if head is not None:
-        with torch.no_grad():
-            model.head.weight.copy_(head[0])
-            model.head.bias.copy_(head[1])
+        model.head = copy.deepcopy(head).cpu()
     return model
 
 
@@ -269,7 +285,7 @@ def finetune_scores(encoder: nn.Module, images, labels, splits, subsets: dict, *
     """Full fine-tuning of a copy of ``encoder`` with a linear head at each label fraction;
     ``{fraction: {"val": ..., "test": ..., "train_seconds": float}}``.
 
-    ``heads[fraction] = (W, b)``: start the head from that fraction's linear probe (LP-FT, Kumar et
+    ``heads[fraction]``: start the head from that fraction's linear probe (:func:`probe_head`) (LP-FT, Kumar et
     al. 2022: a random head's first gradients would distort the pretrained features). The same
     recipe (steps, batch, learning rate, light augmentation, head start) for every arm; for a
     random encoder it is training from scratch (after a probe of its random features). With
@@ -507,7 +523,7 @@ def improvement_table(boot: BootstrapResult, val_auroc: dict, image_arms, text_a
 
 
 __all__ = ["Arm", "ARMS", "available_arms", "arms_of", "Budget", "capstone_budget", "image_encoder_of", "arm_profile",
-           "build_random", "pretrain_arm", "label_subsets", "probe_head", "probe_scores", "classifier_from_probe", "finetune_scores", "split_features",
+           "build_random", "pretrain_arm", "label_subsets", "Standardize", "probe_head", "probe_scores", "classifier_from_probe", "finetune_scores", "split_features",
            "results_table", "mean_val_auroc", "best_by_validation", "macro_auroc", "weighted_macro_auroc",
            "patient_weights", "seed_weights", "loss_ratio", "FINETUNE_LR_SCALE", "BootstrapResult", "patient_bootstrap", "improvement_table",
            "REVIEW_IMPROVEMENT"]

@@ -220,36 +220,34 @@ def test_finetuning_uses_a_fraction_of_the_pretraining_rate():
     assert "seeds [0, 1, 2]" in budget.describe()
 
 
-def test_probe_head_folds_the_batchnorm_and_a_classifier_starts_as_the_probe():
+def test_probe_head_is_the_probe_and_a_classifier_starts_as_the_probe():
     from medmm_lite.adapt import linear_probe, predict
+    from medmm_lite.models import ImageFeatures
 
-    torch.manual_seed(0)
-    encoder = torch.nn.Sequential()  # stand-in encoder below
-
-    class Linear2Features(torch.nn.Module):
-        def __init__(self):
+    class Features(torch.nn.Module):
+        def __init__(self, scale=1.0, shift=0.0):
             super().__init__()
             self.dim = 5
             self.proj = torch.nn.Linear(16, 5)
+            self.scale, self.shift = scale, shift
 
         def forward(self, images):
-            from medmm_lite.models import ImageFeatures
-            g = self.proj(images.flatten(1))
+            g = self.proj(images.flatten(1)) * self.scale + self.shift
             return ImageFeatures(g, g[:, None])
 
-    encoder = Linear2Features()
+    torch.manual_seed(0)
+    # features that barely vary around a large mean, as a fresh ViT's do
+    encoder = Features(scale=1e-3, shift=5.0)
     images = torch.randn(60, 1, 4, 4)
     with torch.no_grad():
-        x = encoder(images).global_features * 3 + 2   # features far from standardised
-    y = (x[:, :2] > 2).float()
+        x = encoder(images).global_features
+    y = (x[:, :2] > x[:, :2].median(0).values).float()
     probe = linear_probe(x, y, x, steps=30, seed=0, device="cpu")
-    W, b = K.probe_head(probe)
-    assert torch.allclose(torch.sigmoid(x @ W.T + b), probe.test_scores, atol=1e-5)
-    # a classifier from the probe head on the same features gives the probe's scores, and copies the encoder
-    encoder_scaled = Linear2Features()
+    head = K.probe_head(probe)
     with torch.no_grad():
-        encoder_scaled.proj.weight.copy_(encoder.proj.weight * 3)
-        encoder_scaled.proj.bias.copy_(encoder.proj.bias * 3 + 2)
-    model = K.classifier_from_probe(encoder_scaled, (W, b))
-    assert model.encoder is not encoder_scaled
-    assert torch.allclose(predict(model, images), probe.test_scores, atol=1e-5)
+        assert torch.allclose(torch.sigmoid(head(x)), probe.test_scores, atol=1e-5)
+    assert not any(p.requires_grad for p in head[0].parameters()), "the standardisation is fixed"
+    model = K.classifier_from_probe(encoder, head)
+    assert model.encoder is not encoder and model.head is not head
+    assert torch.allclose(predict(model, images), probe.test_scores, atol=1e-4)
+    assert K.classifier_from_probe(encoder).head.out_features == 9
