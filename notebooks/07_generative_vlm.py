@@ -375,7 +375,7 @@ def greedy_by_hand(prompt_ids, feats, max_new_tokens=12):
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         positions = positions[:, -1:] + 1
         out = model.lm(inputs_embeds=model.lm.get_input_embeddings()(torch.tensor([[token]], device=dev)), attention_mask=mask,
-                       position_ids=positions, use_cache=True, **{model._cache_kw: out.past_key_values})
+                       position_ids=positions, use_cache=True, **{model._cache_kw: M.cache_of(out)})
     return new
 
 

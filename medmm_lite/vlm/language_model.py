@@ -78,6 +78,11 @@ def cache_keyword(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def cache_of(output):
+    """The KV cache an output carries (``.cache`` in recent transformers, ``.past_key_values`` before)."""
+    return output.cache if "cache" in getattr(output, "keys", lambda: ())() else output.past_key_values
+
+
 def lm_step(model, batch):
     """Next-token loss of a causal LM on ``batch`` (``input_ids``, ``attention_mask``, ``labels``).
 
@@ -106,8 +111,8 @@ def pretrain_language_model(P, data, tokenizer, *, seed: int = 0, steps: int | N
                             retrain: bool = False, sizes: dict | None = None):
     """Train (or load from the cache) the small Llama on the training reports: ``(model, info)``.
 
-    Steps default to a third of the profile's; batches group reports of similar length; the reports are ``[BOS] report [EOS]``, truncated to
-    ``P.max_text_len + 32`` tokens.
+    Steps default to a third of the profile's; batches group reports of similar length; the
+    reports are ``[BOS] report [EOS]``, truncated to ``P.max_text_len + 32`` tokens.
     """
     from ..hub import load_or_train
     from ..pretrain.clip import data_fingerprint, profile_key
@@ -136,5 +141,6 @@ def pretrain_language_model(P, data, tokenizer, *, seed: int = 0, steps: int | N
     return model.eval(), info
 
 
-__all__ = ["lm_sizes", "lm_config", "build_language_model", "from_pretrained", "cache_keyword", "lm_step",
+__all__ = ["lm_sizes", "lm_config", "build_language_model", "from_pretrained", "cache_keyword", "cache_of",
+           "lm_step",
            "encode_reports_for_lm", "pretrain_language_model"]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .instructions import IGNORE_INDEX, pad_batch
-from .language_model import cache_keyword
+from .language_model import cache_keyword, cache_of
 
 PROJECTORS = ("mlp", "linear")
 
@@ -217,7 +217,7 @@ def generate(model: VisionLanguageModel, prompts, image_features, *, max_new_tok
             if use_cache:
                 out = model.lm(inputs_embeds=step_embeds, attention_mask=mask, position_ids=step_pos,
                                use_cache=True, **({model._cache_kw: cache} if cache is not None else {}))
-                cache = out.past_key_values
+                cache = cache_of(out)
             else:
                 out = model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)
             token = out.logits[:, -1].argmax(-1)

@@ -181,4 +181,5 @@ def pretrain_vlm(P, data, *, seed: int = 0, stage: int = 2, device=None, progres
     return model2.eval(), {**info2, "phases": phases, "tokenizer": tokenizer}
 
 
-__all__ = ["pretrain_vlm", "build_vlm", "add_lora", "stage_steps", "length_grouped", "vlm_batch_size", "stage1_tensors", "LORA_TARGETS"]
+__all__ = ["pretrain_vlm", "build_vlm", "add_lora", "stage_steps", "length_grouped", "vlm_batch_size", "stage1_tensors",
+           "LORA_TARGETS"]
