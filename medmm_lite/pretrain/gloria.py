@@ -48,6 +48,7 @@ from ..objectives.local import (ATTENTION_KINDS, GLORIA_ATTENTION_TEMPERATURE, G
 from ..objectives.local import word_ids as token_word_ids
 from ..profiles import Profile
 from ..train import fit
+from .clip import data_fingerprint
 
 
 class GLoRIAOutput(NamedTuple):
@@ -297,7 +298,7 @@ def pretrain_gloria(P: Profile, data, *, seed: int = 0, local_weight: float = 1.
            "patch_size": P.patch_size, "dim": P.dim, "depth": P.depth, "heads": P.heads,
            "vocab_size": len(data.tokenizer), "max_text_len": int(data.input_ids.shape[1]),
            "batch_size": P.batch_size, "lr": P.lr, "steps": steps, "seed": seed, "local_weight": local_weight,
-           "n_train": len(train_idx), "text": text, "attention": attention,
+           "n_train": len(train_idx), "data": data_fingerprint(data), "text": text, "attention": attention,
            "augment": getattr(augment, "__name__", str(augment))}
 
     def build():

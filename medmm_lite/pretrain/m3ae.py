@@ -488,8 +488,10 @@ def trim_padding(batch: dict) -> dict:
 
 
 def _base_key(P, data, seed, dataset, steps, batch_size, lr):
+    from .clip import data_fingerprint
+
     return {"profile": P.name, "dataset": dataset, "seed": seed, "n_studies": len(data.cohort),
-            "n_train": len(data.splits["train"]), "image_size": P.image_size, "patch_size": P.patch_size,
+            "data": data_fingerprint(data), "n_train": len(data.splits["train"]), "image_size": P.image_size, "patch_size": P.patch_size,
             "dim": P.dim, "depth": P.depth, "heads": P.heads, "vocab_size": len(data.tokenizer),
             "max_text_len": int(data.input_ids.shape[1]), "steps": steps, "batch_size": batch_size, "lr": lr}
 

@@ -206,8 +206,11 @@ def pretrain_mae(P: Profile, data, *, seed: int = 0, mask_ratio: float = 0.75, s
     decoder_dim = decoder_dim or default_decoder_dim(P.dim)
     train_idx = torch.as_tensor(data.splits["train"], dtype=torch.long)
     images = data.cohort.images[train_idx]
+    from .clip import data_fingerprint
+
+    # the fingerprint of the training data, not only its size: another split of the same size is another model
     key = {"profile": P.name, "dataset": dataset, "seed": seed, "n_studies": len(data.cohort),
-           "n_train": len(train_idx), "image_size": P.image_size, "patch_size": P.patch_size, "dim": P.dim,
+           "n_train": len(train_idx), "data": data_fingerprint(data), "image_size": P.image_size, "patch_size": P.patch_size, "dim": P.dim,
            "depth": P.depth, "heads": P.heads, "steps": steps, "batch_size": batch_size, "lr": lr,
            "mask_ratio": mask_ratio, "decoder_dim": decoder_dim, "decoder_depth": decoder_depth,
            "norm_pix_loss": norm_pix_loss, "pool": pool}
