@@ -263,7 +263,9 @@ for attribute, (group, values, order) in skews.items():
     print(f"{attribute}: training on {len(kept)} of {len(train_idx)} studies (10% of {group!r} patients kept)")
     print(f"  {group}: AUROC {balanced[group]['auroc']:.3f} -> {skewed[group]['auroc']:.3f} "
           f"(change {own_drop:+.3f} [{own_ci[0]:+.3f}, {own_ci[1]:+.3f}])")
-    print(f"  its gap to the others changes by {change:+.3f} [{change_ci[0]:+.3f}, {change_ci[1]:+.3f}]")
+    print(f"  its gap to the others changes by {change:+.3f} [{change_ci[0]:+.3f}, {change_ci[1]:+.3f}]: "
+          + ("the interval covers zero, the data cannot tell" if change_ci[0] <= 0 <= change_ci[1]
+             else "the interval excludes zero"))
 medmm_lite.record("skew_sex_gap_change", skew_results["sex"]["change"])
 medmm_lite.record("skew_site_gap_change", skew_results["site"]["change"])
 medmm_lite.record("skew_site_own_change", skew_results["site"]["own"])
@@ -472,26 +474,41 @@ print(f"without labs at test time, modality dropout adds {gain:+.3f} AUROC on th
 medmm_lite.record("modality_dropout_gain_no_labs", gain)
 
 # %%
-fig, ax = plt.subplots(figsize=(7.5, 2.8))
+fig, ax = plt.subplots(figsize=(8, 3))
 cell = np.array([[v for v in row.values()] for row in informed_table.values()])
-im = ax.imshow(np.nan_to_num(cell, nan=0.5), cmap="RdYlGn", vmin=0.5, vmax=max(0.9, np.nanmax(cell)))
+cmap = plt.get_cmap("RdYlGn").copy()
+cmap.set_bad("lightgray")
+im = ax.imshow(np.ma.masked_invalid(cell), cmap=cmap, vmin=0.5, vmax=max(0.9, np.nanmax(cell)), aspect="auto")
 for i in range(cell.shape[0]):
-    for j in range(cell.shape[1]):
-        ax.text(j, i, "-" if np.isnan(cell[i, j]) else f"{cell[i, j]:.3f}", ha="center", va="center", fontsize=9)
-ax.set_xticks(range(cell.shape[1]), [f"test: {c}" for c in FU.CONDITIONS], fontsize=8)
-ax.set_yticks(range(cell.shape[0]), list(informed_table), fontsize=8)
+    for jj in range(cell.shape[1]):
+        ax.text(jj, i, "n/a" if np.isnan(cell[i, jj]) else f"{cell[i, jj]:.3f}", ha="center", va="center", fontsize=9)
+ax.set_xticks(range(cell.shape[1]), [f"at test:\n{c}" for c in FU.CONDITIONS], fontsize=8)
+ax.set_yticks(range(cell.shape[0]), [f"trained: {n}" for n in informed_table], fontsize=8)
 ax.set_title("missing-modality sensitivity (macro AUROC, five lab-informed findings)", fontsize=10)
 fig.colorbar(im, ax=ax, fraction=0.03)
 fig.tight_layout()
 
+# %%
+rows = informed_table
+best_single = max(rows["image only"]["image + labs"], rows["labs only"]["image + labs"])
+print(f"both inputs: fusion {rows['image + labs']['image + labs']:.3f} (with dropout "
+      f"{rows['image + labs, modality dropout']['image + labs']:.3f}) vs the better single-modality model "
+      f"{best_single:.3f}")
+print(f"labs removed: fusion {rows['image + labs']['image only']:.3f}, with dropout "
+      f"{rows['image + labs, modality dropout']['image only']:.3f}, image-only model {rows['image only']['image only']:.3f}")
+print(f"image removed: fusion {rows['image + labs']['labs only']:.3f}, with dropout "
+      f"{rows['image + labs, modality dropout']['labs only']:.3f}, labs-only model {rows['labs only']['labs only']:.3f}")
+
 # %% [markdown]
-# Three things to read in the table. Labs add to the image for the findings they inform (the
-# first column, fused rows against "image only"). A fusion model trained with both inputs
-# always present has never seen its missing embeddings move from zero: remove the labs and it
-# falls below the image-only model, remove the image and it can fall below the labs-only model.
-# Modality dropout teaches it to do without either input, at a small cost (or none) when both
-# are there. A policy question ("may this model run where labs are unavailable?") is answered
-# by the row of the model actually deployed, not by its best column.
+# How to read the table: row by row, each row being one model that might be deployed.
+# SynthCXR's labs were *generated* from these five findings, so the labs-only model is strong,
+# and with a few thousand training studies the fused model need not beat it (it also has the
+# image features to overfit). The robustness columns are the point. A fusion model trained
+# with both inputs always present has never moved its missing embeddings from zero: remove the
+# labs and it drops below the image-only model, a model that never had labs. Modality dropout
+# teaches it to work without either input and recovers much of that loss, at little or no
+# cost when both inputs are there. A policy question ("may this model run where labs are not
+# drawn?") is answered by the row of the model actually deployed, not by its best cell.
 #
 # ## 5. Clinicians: is acting on the model better than not?
 #
@@ -555,8 +572,8 @@ for t_ in (0.05, 0.1):
 
 # %%
 fig, ax = plt.subplots(figsize=(6.5, 3.3))
-for (name, c), color in zip(curves.items(), ("tab:blue", "tab:green")):
-    ax.plot(c["thresholds"], c["model"], color=color, lw=2, label=name)
+for (name, c), color, style in zip(curves.items(), ("tab:blue", "tab:green"), ("--", "-")):
+    ax.plot(c["thresholds"], c["model"], style, color=color, lw=2, label=name, zorder=3)
     useful = DC.useful_range(c)
     if useful is not None:
         ax.axvspan(useful[0], useful[1], color=color, alpha=0.1)
@@ -570,11 +587,12 @@ ax.set_title(f"decision curve: urgent read if p({DECISION_FINDING}) >= t (shaded
 ax.legend(fontsize=8)
 
 # %% [markdown]
-# The image probe barely ranks pneumothorax above chance at this resolution (a small apical
-# pneumothorax is a few pixels), and its curve lies on "flag everyone" or below it: acting on it
-# is no better than a policy that needs no model. The labs model, which reads the SpO2, beats
-# both policies over a range of thresholds. AUROC alone would not say at which thresholds, or
-# by how many patients.
+# At these resolutions a small apical pneumothorax is a few pixels: the image probe ranks it
+# poorly (its AUROC is printed above), and where its curve is not above both "flag everyone"
+# and "flag no one", acting on it is no better than a policy that needs no model. The image +
+# labs model reads the SpO2 as well and beats both policies over the printed range of
+# thresholds. AUROC alone would not say at which thresholds a model helps, or by how many
+# patients per hundred.
 #
 # A decision curve depends on the probabilities being right, not only on their order: a model
 # with a good AUROC but miscalibrated scores flags the wrong number of films at a given t. The
@@ -619,13 +637,14 @@ for m in metrics:
     medmm_lite.record(f"paraphrase_mean_{m}", planted["mean"]["paraphrase"][m])
 
 # %%
-fig, ax = plt.subplots(figsize=(6.5, 2.4))
+fig, ax = plt.subplots(figsize=(7.5, 2.6))
 rates = np.array([[planted["notices"][k][m] for m in metrics] for k in PL.ERROR_KINDS[1:]])
-ax.imshow(rates, cmap="Greens", vmin=0, vmax=1)
+ax.imshow(rates, cmap="Greens", vmin=0, vmax=1.3, aspect="auto")
 for i in range(rates.shape[0]):
     for jj in range(rates.shape[1]):
-        ax.text(jj, i, f"{rates[i, jj]:.0%}", ha="center", va="center", fontsize=9)
-ax.set_xticks(range(len(metrics)), ["BLEU-4", "ROUGE-L", "finding F1", "laterality F1"])
+        ax.text(jj, i, f"{rates[i, jj]:.0%}", ha="center", va="center", fontsize=10)
+ax.set_xticks(range(len(metrics)), ["BLEU-4", "ROUGE-L", "finding F1\n(clinical F1's labels)", "laterality F1"],
+              fontsize=9)
 ax.set_yticks(range(rates.shape[0]), PL.ERROR_KINDS[1:])
 ax.set_title("share of reports the metric scores below a harmless paraphrase", fontsize=10)
 fig.tight_layout()
