@@ -170,7 +170,9 @@ medmm_lite.record("patient_vs_study_ci_width", ratio)
 # ### By sex, age band and site
 #
 # The same resamples (one seed, one set of patients) score every group, so the difference of
-# two groups has an interval too: subtract resample by resample.
+# two groups has an interval too: subtract resample by resample. A group's macro AUROC averages
+# the findings with at least two positive studies in that group (few young patients have an
+# enlarged heart), so small groups average over fewer findings.
 
 # %%
 test_pid = cohort.patient_ids[test_idx]

@@ -137,6 +137,9 @@ def subgroup_auroc(labels, scores, groups, patient_ids, *, n_boot: int = 1000, a
         min_positives: a finding counts in a group's macro AUROC when the group has at least this many positives.
         order: the groups to report, in this order (default: sorted).
 
+    In a resample where a counted finding has no positive (or no negative) study, the mean
+    is over the findings still defined there.
+
     Returns ``{group: {"auroc", "low", "high", "n", "n_patients", "boot"}}`` plus ``"all"`` (every
     study); ``boot`` holds the per-resample values (the same resamples for every group), so
     ``interval(r["F"]["boot"] - r["M"]["boot"])`` is the interval of the gap.
