@@ -28,8 +28,10 @@
 # | clinicians | is acting on it better than not? | a decision-action pair and its net benefit across thresholds (a decision curve) |
 # | model developers | does the report metric see the error? | reports with planted errors (wrong side, missed, invented finding) scored by lexical and factual metrics |
 #
-# Most sections evaluate one model: a **linear probe on the CLIP image encoder** of lesson 02
-# (loaded from the cache when lesson 02 has run, trained here otherwise).
+# The model under evaluation is a **linear probe on the CLIP image encoder** of lesson 02 (loaded
+# from the cache when lesson 02 has run, trained here otherwise): sections 2 and 5 score it,
+# section 3 compares it with other encoders under the same probe protocol, sections 4 and 5
+# add the labs to its image features, and section 6 needs no model at all.
 
 # %% tags=["parameters"]
 PROFILE = "auto"     # "smoke" (CI), "cpu" (laptop), "gpu", or "auto"
