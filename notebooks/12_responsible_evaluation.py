@@ -674,7 +674,8 @@ print(f"lesson ran in {elapsed:.0f} s ({P.name} profile)")
 # - **Intervals by patient.** A subgroup AUROC without an interval is an anecdote; resampling
 #   studies instead of patients makes the interval too narrow.
 # - **Subgroups and skew.** Report every group with its interval, and the gap's interval. A skew
-#   in the training set costs most where the under-represented group's images look different.
+#   in the training set can cost most where the under-represented group's images look different;
+#   measure it with an interval before claiming it.
 # - **Shift.** Test on a site no part of the pipeline saw; its drop mixes scanner and case mix.
 # - **Missing modalities.** A fusion model trained with every input present is fragile without
 #   one; modality dropout buys robustness. Publish the table, not only the best cell.
