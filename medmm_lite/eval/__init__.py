@@ -12,7 +12,11 @@ from .labeler import clinical_f1, extract_mentions, label_report, labels_matrix
 from .metrics import (accuracy, auroc, bleu, bootstrap_ci, dice, f1, precision_at_k, psnr,
                       retrieval_recall_at_k, rouge_l, ssim)
 from .reports import hallucinations, report_metrics
+from . import decision, fairness, planted, shift
+from .decision import decision_curve, net_benefit
+from .fairness import age_bands, subgroup_auroc
 
 __all__ = ["label_report", "labels_matrix", "clinical_f1", "extract_mentions", "auroc", "f1", "accuracy",
            "dice", "psnr", "ssim", "retrieval_recall_at_k", "precision_at_k", "bleu", "rouge_l",
-           "bootstrap_ci", "report_metrics", "hallucinations"]
+           "bootstrap_ci", "report_metrics", "hallucinations", "decision", "fairness", "planted", "shift",
+           "decision_curve", "net_benefit", "age_bands", "subgroup_auroc"]
