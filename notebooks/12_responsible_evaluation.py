@@ -240,6 +240,12 @@ fig.tight_layout()
 # So differences here come from *case mix* (which findings, how severe) and from the scanner
 # (site), not from a finding that looks different in one group. A real cohort can have both.
 #
+# Notice that every site scores *below* the pooled test set (about 0.72 against 0.75). That is
+# not a contradiction: a pooled AUROC also rewards ranking one site's positives above another
+# site's negatives, and the sites differ in case mix and scanner, which the model can see. Within
+# one site only the harder, within-site ranking is left. So compare groups with each other, with
+# paired intervals (the gaps printed above), not with the pooled number.
+#
 # ### A cohort skewed at training time
 #
 # What if the training set had few women? We keep only 10% of the female *patients* in the
