@@ -137,7 +137,10 @@ assert IMAGE and TEXT, "the comparison needs at least one image-only and one ima
 # is cached, so a second run of this notebook loads them.
 #
 # From each model we take the image encoder the lessons probed: SimCLR's and MAE's `encoder`,
-# CLIP's and GLoRIA's `image_encoder`, and M3AE's image-only pass through its fusion transformer.
+# CLIP's, GLoRIA's and CoCa's `image_encoder`, and M3AE's image-only pass through its fusion
+# transformer. They are one ViT in shape (patch grid, width, depth, heads) and differ only where a
+# recipe needs it: MAE and M3AE use fixed sin-cos positions, and MAE, GLoRIA and M3AE pool the
+# mean of the patch tokens where the others read the [CLS] token.
 
 # %%
 encoders, seconds, ratios = {}, {a.name: 0.0 for a in arms}, {a.name: [] for a in arms}
@@ -215,8 +218,9 @@ assert abs(reference[1.0]["macro"] - ours) < 1e-6
 # on the labelled studies (`Classifier` + `train_classifier`, light augmentation). A freshly
 # initialised head sends large, random gradients into the encoder in the first steps and distorts
 # exactly the features pretraining learned (Kumar et al. 2022, "Fine-tuning can distort pretrained
-# features"); in a first version of this lesson, fine-tuning at the pretraining learning rate
-# ended *below* the linear probe. So we use their LP-FT recipe: the head starts from the linear
+# features"); in this lesson's first version (a fresh head, the pretraining learning rate), the
+# fine-tuned smoke-profile models ended near chance, below their own linear probes. So we use
+# their LP-FT recipe: the head starts from the linear
 # probe of section 4, and everything trains at a quarter of the pretraining learning rate.
 #
 # The probe is a BatchNorm without scale and shift, then a linear layer; in eval mode the
