@@ -1,7 +1,9 @@
 """T1 <-> T2 contrastive pretraining, the T1 SimCLR baseline and the patch segmentation head
 (medmm_lite.pretrain.mri_contrastive)."""
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import medmm_lite
 from medmm_lite.data.tensors import TensorDictDataset
@@ -86,3 +88,38 @@ def test_contrastive_pairs_are_learned_and_cached(tmp_path, monkeypatch):
         MC.pretrain_t1t2(P, t1, t2[:10], progress=False)
     with pytest.raises(ValueError, match="images must be"):
         MC.pretrain_t1_simclr(P, torch.rand(8, 1, 32, 32), progress=False)
+
+
+def test_dense_pair_loss_matches_a_hand_computation_and_prefers_registered_patches():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 4, 8, generator=g)
+    b = a + 0.05 * torch.randn(3, 4, 8, generator=g)              # registered: patch p of brain i ~ same
+    fa, fb = F.normalize(a.flatten(0, 1), dim=1), F.normalize(b.flatten(0, 1), dim=1)
+    logits = fa @ fb.T / 0.1
+    target = torch.arange(12)
+    by_hand = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    assert torch.allclose(MC.dense_pair_loss(a, b, n_positions=None), by_hand, atol=1e-6)
+    shuffled = b[:, torch.randperm(4, generator=g)]
+    assert MC.dense_pair_loss(a, b, n_positions=None) < MC.dense_pair_loss(a, shuffled, n_positions=None) - 1
+    sub = MC.dense_pair_loss(a, b, n_positions=2, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(sub) and sub < np.log(6)
+    with pytest.raises(ValueError):
+        MC.dense_pair_loss(a, b[:, :3])
+
+
+def test_step_with_dense_loss_adds_it_and_keeps_the_pair_registered():
+    model = MC.ContrastPairModel(vit(0), vit(1), embed_dim=8).train()
+    g = torch.Generator().manual_seed(0)
+    batch = {"a": torch.rand(4, 1, 16, 16, generator=g), "b": torch.rand(4, 1, 16, 16, generator=g)}
+    plain, _ = MC.contrast_pair_step(model, batch, augment=None)
+    both, logs = MC.contrast_pair_step(model, batch, augment=None, dense_weight=0.5)
+    assert torch.allclose(both, logs["global_loss"] + 0.5 * logs["dense_loss"], atol=1e-6)
+    assert torch.allclose(plain, logs["global_loss"], atol=1e-6)
+    seen = {}
+
+    def augment(x, generator=None):
+        seen["channels"] = x.shape[1]
+        return x.flip(-1)
+
+    MC.contrast_pair_step(model, batch, augment=augment)
+    assert seen["channels"] == 2, "the two contrasts must be augmented together (stacked as channels)"

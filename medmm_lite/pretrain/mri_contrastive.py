@@ -34,6 +34,9 @@ from ..train import fit
 from .clip import ProjectionHead, _feature_dim, profile_key, recalibrate_batchnorm
 from .simclr import SIMCLR_TEMPERATURE, build_simclr, simclr_step
 
+DENSE_TEMPERATURE = 0.1     # fixed, as SimCLR's
+DENSE_POSITIONS = 16        # patches sampled per image for the dense loss
+
 
 # --------------------------------------------------------------------------- T1 <-> T2 contrastive
 class ContrastPairModel(nn.Module):
@@ -48,24 +51,74 @@ class ContrastPairModel(nn.Module):
         self.projection_a = ProjectionHead(_feature_dim(encoder_a, "first"), embed_dim)
         self.projection_b = ProjectionHead(_feature_dim(encoder_b, "second"), embed_dim)
         self.logit_scale = LogitScale(init_temperature, learnable=True)
+        # per-token heads for the dense (patch-to-patch) loss; LayerNorm, not BatchNorm: tokens of
+        # one image are not independent samples
+        self.token_projection_a = nn.Sequential(nn.LayerNorm(encoder_a.dim), nn.Linear(encoder_a.dim, embed_dim))
+        self.token_projection_b = nn.Sequential(nn.LayerNorm(encoder_b.dim), nn.Linear(encoder_b.dim, embed_dim))
 
-    def forward(self, images_a: torch.Tensor, images_b: torch.Tensor):
+    def forward(self, images_a: torch.Tensor, images_b: torch.Tensor, tokens: bool = False):
+        """Global projections ``(u, v)`` (B, embed_dim); with ``tokens=True`` also the per-patch
+        projections ``(U, V)`` (B, n_patches, embed_dim) of the two contrasts."""
         if images_a.shape != images_b.shape:
             raise ValueError(f"the two contrasts must be registered (same shape), got {tuple(images_a.shape)} "
                              f"and {tuple(images_b.shape)}")
-        return (self.projection_a(self.encoder_a(images_a).global_features),
-                self.projection_b(self.encoder_b(images_b).global_features))
+        fa, fb = self.encoder_a(images_a), self.encoder_b(images_b)
+        u, v = self.projection_a(fa.global_features), self.projection_b(fb.global_features)
+        if not tokens:
+            return u, v
+        return u, v, self.token_projection_a(fa.local_features), self.token_projection_b(fb.local_features)
 
 
-def contrast_pair_step(model: ContrastPairModel, batch, augment=light_augment, generator=None):
-    """One step's loss for ``fit``: CLIP's symmetric InfoNCE between the two contrasts of each brain."""
+def dense_pair_loss(tokens_a: torch.Tensor, tokens_b: torch.Tensor, temperature: float = DENSE_TEMPERATURE,
+                    n_positions: int | None = DENSE_POSITIONS, generator=None) -> torch.Tensor:
+    """Patch-to-patch InfoNCE between registered images: the token of T1 patch p of brain i must
+    find the token of T2 patch p of brain i among ``n_positions`` sampled patches of every brain
+    in the batch (the other patches of its own brain are negatives too), in both directions.
+
+    Registration gives this correspondence for free; no augmentation of one image can. A patch
+    with a lesion is unlike every other patch on T2, so its T1 token must carry the lesion.
+    """
+    if tokens_a.shape != tokens_b.shape or tokens_a.ndim != 3:
+        raise ValueError(f"tokens must be two (B, n_patches, D) tensors of one shape, got {tuple(tokens_a.shape)} "
+                         f"and {tuple(tokens_b.shape)}")
+    b, n, _ = tokens_a.shape
+    if n_positions is not None and n_positions < n:
+        idx = torch.rand(b, n, generator=generator).argsort(1)[:, :n_positions].to(tokens_a.device)
+        take = idx[:, :, None].expand(-1, -1, tokens_a.shape[-1])
+        tokens_a, tokens_b = tokens_a.gather(1, take), tokens_b.gather(1, take)
+    return nt_xent_pairs(tokens_a.flatten(0, 1), tokens_b.flatten(0, 1), temperature)
+
+
+def nt_xent_pairs(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE with fixed temperature: row i of ``a`` against every row of ``b``, and back."""
+    a, b = nn.functional.normalize(a, dim=-1), nn.functional.normalize(b, dim=-1)
+    logits = a @ b.T / temperature
+    target = torch.arange(len(a), device=a.device)
+    return 0.5 * (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target))
+
+
+def contrast_pair_step(model: ContrastPairModel, batch, augment=light_augment, generator=None,
+                       dense_weight: float = 0.0):
+    """One step's loss for ``fit``: CLIP's symmetric InfoNCE between the two contrasts of each brain,
+    plus ``dense_weight`` times :func:`dense_pair_loss` between their registered patches.
+
+    The augmentation is drawn once per brain and applied to both contrasts (the two are stacked as
+    channels), so they stay registered.
+    """
     a, b = batch["a"], batch["b"]
+    g = generator if a.device.type == "cpu" else None
     if augment is not None:
-        g = generator if a.device.type == "cpu" else None
-        a, b = augment(a, generator=g), augment(b, generator=g)
-    u, v = model(a, b)
+        a, b = augment(torch.cat([a, b], 1), generator=g).chunk(2, dim=1)
     scale = model.logit_scale()
-    return distributed_clip_loss(u, v, scale), {"temperature": 1.0 / scale.detach()}
+    logs = {"temperature": 1.0 / scale.detach()}
+    if dense_weight:
+        u, v, ta, tb = model(a, b, tokens=True)
+        global_loss = distributed_clip_loss(u, v, scale)
+        dense = dense_pair_loss(ta, tb, generator=g)
+        logs.update(global_loss=global_loss.detach(), dense_loss=dense.detach())
+        return global_loss + dense_weight * dense, logs
+    u, v = model(a, b)
+    return distributed_clip_loss(u, v, scale), logs
 
 
 def build_contrast_pair(P, *, seed: int = 0, embed_dim: int | None = None) -> ContrastPairModel:
@@ -93,11 +146,13 @@ def _sizes(P, images, steps, lr, batch_size):
 
 
 def pretrain_t1t2(P, t1: torch.Tensor, t2: torch.Tensor, *, seed: int = 0, steps: int | None = None, device=None,
-                  augment: bool = True, lr: float | None = None, batch_size: int | None = None,
-                  progress: bool = True, retrain: bool = False):
+                  augment: bool = True, dense_weight: float = 1.0, lr: float | None = None,
+                  batch_size: int | None = None, progress: bool = True, retrain: bool = False):
     """Train (or load from the cache) T1 <-> T2 contrastive pretraining on registered pairs.
 
     ``t1``, ``t2``: (N, 1, H, W) training slices of the same brains (no labels, no masks).
+    ``dense_weight``: weight of the patch-to-patch loss (:func:`dense_pair_loss`) beside the global
+    one; 0 gives the global (CLIP-style) loss alone.
     Returns ``(model, info)``; ``model.encoder_a`` is the T1 encoder to use downstream.
     """
     from ..hub import load_or_train
@@ -112,7 +167,8 @@ def pretrain_t1t2(P, t1: torch.Tensor, t2: torch.Tensor, *, seed: int = 0, steps
         generator = torch.Generator().manual_seed(seed + 1)
 
         def step(m, batch):
-            return contrast_pair_step(m, batch, augment=light_augment if augment else None, generator=generator)
+            return contrast_pair_step(m, batch, augment=light_augment if augment else None, generator=generator,
+                                      dense_weight=dense_weight)
 
         history = fit(model, step, dataset, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
                       amp=P.amp, progress=progress, desc="T1<->T2 contrastive", rng=generator)
@@ -120,7 +176,7 @@ def pretrain_t1t2(P, t1: torch.Tensor, t2: torch.Tensor, *, seed: int = 0, steps
         return history
 
     key = {**profile_key(P), "data": mri_fingerprint(torch.cat([t1, t2], 1)), "seed": seed, "steps": steps,
-           "lr": float(lr), "batch_size": batch_size, "augment": bool(augment)}
+           "lr": float(lr), "batch_size": batch_size, "augment": bool(augment), "dense_weight": float(dense_weight)}
     model, info = load_or_train("mri_t1t2", train_fn, build_fn=lambda: build_contrast_pair(P, seed=seed), key=key,
                                 device=device, retrain=retrain)
     return model.eval(), info
@@ -212,9 +268,13 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
 
 
 def train_seg_head(tokens: torch.Tensor, masks: torch.Tensor, grid, patch_size: int, *, steps: int = 300,
-                   batch_size: int = 64, lr: float = 1e-2, hidden: int = 64, seed: int = 0, device=None,
-                   progress: bool = True) -> PatchSegHead:
-    """Train a :class:`PatchSegHead` on frozen tokens (N, h*w, D) and masks (N, 1, H, W) with BCE + soft Dice."""
+                   batch_size: int = 64, lr: float = 1e-2, hidden: int = 64, pos_weight: float = 30.0, seed: int = 0,
+                   device=None, progress: bool = True) -> PatchSegHead:
+    """Train a :class:`PatchSegHead` on frozen tokens (N, h*w, D) and masks (N, 1, H, W) with BCE + soft Dice.
+
+    Lesion pixels are rare (under 1% of a slice), so the BCE weighs them ``pos_weight`` times a
+    background pixel; without it the head learns to predict "no lesion" everywhere (Dice 0).
+    """
     if len(tokens) != len(masks):
         raise ValueError(f"tokens and masks must have the same rows, got {len(tokens)} and {len(masks)}")
     with torch.random.fork_rng(devices=[]):
@@ -223,7 +283,8 @@ def train_seg_head(tokens: torch.Tensor, masks: torch.Tensor, grid, patch_size: 
 
     def loss_fn(m, batch):
         logits = m(batch["tokens"])
-        bce = nn.functional.binary_cross_entropy_with_logits(logits, batch["mask"])
+        weight = torch.tensor(float(pos_weight), device=logits.device)
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, batch["mask"], pos_weight=weight)
         dice = soft_dice_loss(logits, batch["mask"])
         return bce + dice, {"bce": bce.detach(), "dice_loss": dice.detach()}
 
@@ -234,14 +295,20 @@ def train_seg_head(tokens: torch.Tensor, masks: torch.Tensor, grid, patch_size: 
 
 
 @torch.no_grad()
-def predict_masks(head: PatchSegHead, tokens: torch.Tensor, threshold: float = 0.5, batch_size: int = 512):
-    """Binary masks (N, 1, H, W) on the CPU: sigmoid(logits) > threshold."""
+def lesion_probabilities(head: PatchSegHead, tokens: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Per-pixel lesion probabilities (N, 1, H, W) on the CPU."""
     head.eval()
     device = next(head.parameters()).device
     out = [torch.sigmoid(head(tokens[i:i + batch_size].to(device))).cpu() for i in range(0, len(tokens), batch_size)]
-    return (torch.cat(out) > threshold).float()
+    return torch.cat(out)
 
 
-__all__ = ["ContrastPairModel", "contrast_pair_step", "build_contrast_pair", "mri_fingerprint", "pretrain_t1t2",
+def predict_masks(head: PatchSegHead, tokens: torch.Tensor, threshold: float = 0.5, batch_size: int = 512):
+    """Binary masks (N, 1, H, W) on the CPU: lesion probability > threshold."""
+    return (lesion_probabilities(head, tokens, batch_size) > threshold).float()
+
+
+__all__ = ["ContrastPairModel", "contrast_pair_step", "dense_pair_loss", "nt_xent_pairs", "DENSE_TEMPERATURE",
+           "DENSE_POSITIONS", "build_contrast_pair", "mri_fingerprint", "pretrain_t1t2",
            "pretrain_t1_simclr", "extract_patch_features", "unpatchify_masks", "PatchSegHead", "soft_dice_loss",
-           "train_seg_head", "predict_masks"]
+           "train_seg_head", "lesion_probabilities", "predict_masks"]
