@@ -374,7 +374,7 @@ ax.axvline(len(INFORMED) - 0.5, color="gray", ls=":", lw=0.8)
 ax.set_ylim(0.3, 1.0)
 ax.set_xticks(x, order, rotation=25, ha="right", fontsize=8)
 ax.set_ylabel("test AUROC", fontsize=8)
-ax.legend(fontsize=7, ncol=3, loc="lower right")
+ax.legend(fontsize=7, ncol=3, loc="upper right")
 ax.set_title("does the second modality help, per finding? (95% CI; lab-informed left of the line)", fontsize=9)
 fig.tight_layout()
 
