@@ -91,8 +91,8 @@ print(f"X-ray pretraining: {CXR_STEPS} steps of {P.batch_size}; MRI: {MRI_STEPS}
 # findings with noise (BNP rises with edema and cardiomegaly; WBC and temperature with
 # consolidation; SpO2 falls with pneumothorax, consolidation and edema). Before any model: how
 # well does each lab alone rank each finding? (AUROC of the lab's value, flipped when low means
-# sick.) The labs are standardised with the training split's statistics (BNP on the log scale). We call a
-# finding **lab-informed** when a lab measures it.
+# sick.) The labs are standardised with the training split's statistics (BNP on the log scale).
+# We call a finding **lab-informed** when a lab measures it.
 
 # %%
 data = D.prepare_data(P, seed=SEED, dataset=DATASET)
@@ -153,7 +153,11 @@ fig.tight_layout()
 # %%
 lab_tower = torch.nn.Sequential(torch.nn.Linear(4, P.dim), torch.nn.GELU(), torch.nn.Linear(P.dim, P.dim),
                                 torch.nn.LayerNorm(P.dim))
-print(lab_tower(labs_train_z[:3]).shape)
+library_tower = LC.LabsEncoder(4, P.dim)
+lab_tower.load_state_dict(library_tower.net.state_dict())          # same weights: same features?
+with torch.no_grad():
+    assert torch.allclose(lab_tower(labs_train_z[:8]), library_tower(labs_train_z[:8]).global_features)
+print("labs (8, 4) ->", tuple(lab_tower(labs_train_z[:8]).shape), "features, as the library's LabsEncoder")
 
 
 def image_labs_loss(u, v, logit_scale):
