@@ -133,7 +133,7 @@ fig.colorbar(im, ax=ax, fraction=0.04)
 fig.tight_layout()
 
 # %% [markdown]
-# ## 2. Image <-> labs contrastive pretraining
+# ## 2. Contrastive pretraining of images against labs
 #
 # CLIP (lesson 02) with the labs in the text's place. An image tower (the course's ViT) and a
 # labs tower (a small MLP) each end in a projection head; for a batch of $N$ studies with image
@@ -456,7 +456,7 @@ fig.tight_layout()
 # either way: for these four findings the labs alone are nearly as good as both. Lesson 12 asks
 # the deployment question with the full table (four models, all nine findings, a policy reading).
 #
-# ## 5. Image + image: T1 <-> T2 contrastive pretraining
+# ## 5. Image + image: contrastive pretraining across T1 and T2
 #
 # MRI phantoms (lesson 06): registered T1, T2 and FLAIR slices of the same brain, about half with
 # white-matter lesions, and the true lesion mask. A lesion is bright on T2 and only a faint dark
