@@ -48,6 +48,7 @@ OBJECTIVES = {o.name: o for o in (
     Objective("caption", "medmm_lite.pretrain.caption:pretrain_caption", "05",
               "captioning: write the report from the image (encoder-decoder)"),
     Objective("coca", "medmm_lite.pretrain.coca:pretrain_coca", "08", "CoCa: contrastive + captioning"),
+    Objective("labs_clip", "medmm_lite.pretrain.labs_clip:pretrain_labs_clip", "11", "image <-> labs contrastive (CLIP)"),
 )}
 
 # Objectives of lessons still to be written: name -> the lesson that will bring it.
