@@ -65,7 +65,8 @@ def test_no_broken_internal_links(book):
             target = pages.get(path or name) if not path or path.endswith(".html") else None
             if path and not (book / path).exists():
                 broken.append(f"{name}: {href} (no such file)")
-            elif fragment and target is not None and unquote(fragment) not in target.ids:
+            # as a browser does (HTML's "indicated part"): the fragment as written, then percent-decoded
+            elif fragment and target is not None and not {fragment, unquote(fragment)} & target.ids:
                 broken.append(f"{name}: {href} (no element with that id)")
             if path.endswith((".ipynb", ".py", ".md")):
                 broken.append(f"{name}: {href} (a source file, not a page of the book)")
