@@ -214,8 +214,10 @@ def caption_step(model: CaptionModel, batch: dict, augment=None, generator=None)
 
 
 @torch.no_grad()
-def caption_loss(model: CaptionModel, images, input_ids, attention_mask, batch_size: int = 256) -> float:
-    """The teacher-forced loss per real target token over a whole set, in eval mode."""
+def teacher_forced_sums(model, logits_fn, images, input_ids, attention_mask, batch_size: int = 256):
+    """The summed teacher-forced cross-entropy over a whole set and its number of real target tokens,
+    in eval mode. ``logits_fn(images, ids, mask) -> (B, L, V)``: the logits at every position of ``ids``
+    (any captioner: lesson 05's, CoCa's decoder)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -226,13 +228,20 @@ def caption_loss(model: CaptionModel, images, input_ids, attention_mask, batch_s
             ids, mask = input_ids[s].to(device), attention_mask[s].to(device)
             longest = int(mask.sum(1).max())
             ids, mask = ids[:, :longest], mask[:, :longest]
-            logits = model(images[s].to(device), ids)[:, :-1].float()
+            logits = logits_fn(images[s].to(device), ids, mask)[:, :-1].float()
             targets = shift_targets(ids, mask)
             total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                            ignore_index=IGNORE_INDEX, reduction="sum"))
             count += int((targets != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)
+    return total, count
+
+
+def caption_loss(model: CaptionModel, images, input_ids, attention_mask, batch_size: int = 256) -> float:
+    """The teacher-forced loss per real target token over a whole set, in eval mode."""
+    total, count = teacher_forced_sums(model, lambda im, ids, mask: model(im, ids), images, input_ids,
+                                       attention_mask, batch_size)
     if count == 0:
         raise ValueError("no target tokens to score")
     return total / count
@@ -408,6 +417,6 @@ def generate_reports(model: CaptionModel, images: torch.Tensor, tokenizer, strat
     return (texts, all_ids) if return_ids else texts
 
 
-__all__ = ["CaptionModel", "caption_step", "caption_loss", "shift_targets", "build_caption", "pretrain_caption",
+__all__ = ["CaptionModel", "caption_step", "caption_loss", "teacher_forced_sums", "shift_targets", "build_caption", "pretrain_caption",
            "generate_reports", "length_buckets", "report_section", "caption_texts", "encode_captions", "TEXTS",
            "PROJECTIONS", "ENCODERS", "IGNORE_INDEX", "CAPTION_LR_FACTOR"]

@@ -86,7 +86,7 @@ from ..models.attention import Block, init_transformer_weights
 from ..models.text import DecoderOutput, TextDecoder, _check_mask, check_token_ids
 from ..objectives.contrastive import CLIP_INIT_TEMPERATURE, LogitScale, distributed_clip_loss
 from ..train import fit
-from .caption import IGNORE_INDEX, encode_captions, shift_targets
+from .caption import IGNORE_INDEX, encode_captions, shift_targets, teacher_forced_sums
 from .clip import PROJECTIONS, ProjectionHead, SameGroupBatches, data_fingerprint, profile_key
 
 TEXTS = ("findings", "report", "impression")
@@ -377,24 +377,10 @@ def _check_weights(contrastive_weight, caption_weight):
 
 
 # --------------------------------------------------------------------------- whole sets
-@torch.no_grad()
 def caption_nll(model: CoCaModel, images, input_ids, attention_mask, batch_size: int = 256) -> float:
     """The teacher-forced captioning loss per real target token over a whole set, in eval mode."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for start in range(0, len(images), batch_size):
-            s = slice(start, start + batch_size)
-            ids, mask = _trim(input_ids[s].to(device), attention_mask[s].to(device))
-            logits = model(images[s].to(device), ids, mask, contrastive=False).logits[:, :-1].float()
-            targets = shift_targets(ids, mask)
-            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                           ignore_index=IGNORE_INDEX, reduction="sum"))
-            count += int((targets != IGNORE_INDEX).sum())
-    finally:
-        model.train(was_training)
+    total, count = teacher_forced_sums(model, lambda im, ids, mask: model(im, ids, mask, contrastive=False).logits,
+                                       images, input_ids, attention_mask, batch_size)
     return total / max(count, 1)
 
 
