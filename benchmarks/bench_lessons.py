@@ -120,6 +120,23 @@ def training_seconds(nb) -> dict:
     return {"training_s": fit_s + hub_only_s, "fit_lines": fits, "models_trained": trained, "models_loaded": loaded}
 
 
+def slowest_cells(nb, n: int = 3) -> list[dict]:
+    """The ``n`` code cells that took longest (papermill's per-cell duration) and where they are."""
+    cells, heading = [], ""
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            heading = next((row.lstrip("# ").strip() for row in cell.source.splitlines() if row.startswith("#")),
+                           heading)
+            continue
+        duration = (cell.get("metadata", {}).get("papermill") or {}).get("duration")
+        if duration is None:
+            continue
+        first = next((row.strip() for row in cell.source.splitlines() if row.strip()), "")
+        cells.append({"cell": index, "seconds": round(float(duration), 1), "section": heading[:60],
+                      "first_line": first[:60]})
+    return sorted(cells, key=lambda c: -c["seconds"])[:n]
+
+
 def committed_run(stem: str) -> dict:
     """The committed notebook's own record: profile and seconds of the build that made it."""
     import nbformat
@@ -187,6 +204,7 @@ def run_lesson(lesson: Path, profile: str, cold: bool, out_dir: Path, timeout: i
     row["data_s"], row["data_what"] = data["seconds"], data["what"]
     row.update(training_seconds(nbformat.read(out, as_version=4)) if out.exists() else
                {"training_s": 0.0, "fit_lines": 0, "models_trained": 0, "models_loaded": 0})
+    row["slowest_cells"] = slowest_cells(nbformat.read(out, as_version=4)) if out.exists() else []
     row["rest_s"] = max(0.0, row["wall_s"] - row["data_s"] - row["training_s"])
     row["budget_s"] = BUDGETS[profile]
     row["verdict"] = "FAILED" if row.get("error") else ("PASS" if row["wall_s"] < BUDGETS[profile] else "OVER")
@@ -216,6 +234,11 @@ def print_table(rows: list[dict], profile: str) -> None:
           f"training: fit summaries. peak RSS and CPU s: the kernel's (CPU s: all its threads). load: 1-minute "
           f"load average before > after the lesson. cpu (committed run): metadata.medmm.seconds of the "
           f"committed .ipynb, budget {BUDGETS['cpu']} s.")
+    print("slowest cells (papermill's duration; section = the last heading above the cell):")
+    for r in rows:
+        cells = "; ".join(f"{c['seconds']:.0f} s in '{c['section']}' ({c['first_line']})"
+                          for c in r.get("slowest_cells", []))
+        print(f"  {r['lesson']}: {cells or '-'}")
     for r in rows:
         if r.get("error"):
             print(f"{r['lesson']} FAILED: {r['error']}")
