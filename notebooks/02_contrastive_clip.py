@@ -70,6 +70,7 @@ from medmm_lite.objectives import clip_loss, nt_xent_loss
 from medmm_lite.plotting import show_images
 from medmm_lite.pretrain import clip as CL
 from medmm_lite.pretrain import simclr as SC
+from medmm_lite.widgets import prompt_playground, retrieval_browser
 
 P = medmm_lite.profile(PROFILE)
 medmm_lite.seed_everything(SEED)
@@ -415,6 +416,18 @@ for rank, j in enumerate(top, 1):
     print(f"{rank}. sim {similarity[query, j]:.2f} {mark} {test_impressions[j]}")
 
 # %% [markdown]
+# **Try it: the retrieval browser.** Pick any test study and read its nearest impressions, or flip
+# the direction, pick an impression and see its nearest images. In a running notebook the view
+# redraws as you choose; saved (here, on GitHub) it is one static query, a study with cardiomegaly.
+# Look for the failure the numbers above average away: a near-miss that names the right finding on
+# the wrong side, or a report that is right but belongs to another patient.
+
+# %%
+with_cardiomegaly = int(torch.nonzero(test_labels[:, D.FINDINGS.index("Cardiomegaly")])[0])
+view = retrieval_browser(image_emb, text_emb, test_images, test_impressions, k=3, start=with_cardiomegaly)
+plt.show()
+
+# %% [markdown]
 # ## 5. Zero-shot classification: labels from words alone
 #
 # The image and the text live in one space, so a classifier can be written in English. For each
@@ -455,6 +468,21 @@ fig.tight_layout()
 per_finding = zero_shot["prompt ensemble"]["per_finding"]
 print("best:  ", ", ".join(f"{n} {v:.2f}" for n, v in sorted(per_finding.items(), key=lambda kv: -kv[1])[:3]))
 print("below chance:", ", ".join(f"{n} {v:.2f}" for n, v in per_finding.items() if v < 0.5) or "none")
+
+# %% [markdown]
+# **Try it: the prompt playground.** Type a positive and a negative prompt for a finding: the view
+# embeds them, scores every test image, and shows the test AUROC of your pair and the six images it
+# ranks highest (`pos` in a title: the finding is there). Saved, it shows the first prompt pair of the
+# ensemble for pleural effusion: in the committed run an AUROC well above chance, yet most of its top
+# six are negatives. AUROC scores the whole ranking; the top of it can still be wrong, and the top
+# is what a reader of a worklist would see. Try a wording the impressions never use ("fluid in the
+# chest"), and the negative prompts of a finding that came out below chance.
+
+# %%
+effusion_positive, effusion_negative = FINDING_PROMPTS["Pleural Effusion"]
+view = prompt_playground(encode_text, image_emb, test_images, test_labels.numpy(), D.FINDINGS,
+                         finding="Pleural Effusion", positive=effusion_positive[0], negative=effusion_negative[0])
+plt.show()
 
 # %% [markdown]
 # Findings that change the whole picture (an enlarged heart, edema, an effusion, consolidation)

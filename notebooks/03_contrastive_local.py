@@ -60,6 +60,7 @@ from medmm_lite.models import count_parameters
 from medmm_lite.objectives import local_contrastive_loss, merge_subwords, merged_words, word_region_attention
 from medmm_lite.plotting import draw_boxes
 from medmm_lite.pretrain import gloria as G
+from medmm_lite.widgets import attention_viewer
 
 P = medmm_lite.profile(PROFILE)
 medmm_lite.seed_everything(SEED)
@@ -383,6 +384,20 @@ for k, ax3 in zip(examples, axes.reshape(-1, 3)):
 fig.tight_layout()
 
 # %% [markdown]
+# **Try it: the attention viewer.** The maps above are of the naming word. Every word has one: pick
+# a study of the examples above and a word of its sentence ("left", "small", "the"), and see where
+# the local model's word looks (each map on its own colour scale again). Saved, it shows the first
+# four words of the first example. A map that is the same for every word says nothing about the
+# words, wherever it points (in the committed run the first example's four words all look at the
+# same place, the bottom middle of the image): look for a word whose map differs from its neighbours'.
+
+# %%
+example_words = merged_words(trials.input_ids[examples], data.tokenizer, trials.attention_mask[examples])
+example_maps = [maps["local + global"][k, : len(words)] for k, words in zip(examples, example_words)]
+view = attention_viewer(cohort.images[trials.study[examples]], example_words, example_maps)
+plt.show()
+
+# %% [markdown]
 # ## 8. The pointing game
 #
 # For each test study and each present finding named in its report: is the attention peak of the
@@ -561,12 +576,22 @@ print(f"attention_peak of the local model: {first:.2f} in its first 20 steps, {l
 #   within a few dozen steps (section 5). The cosine attention avoids that collapse, but compare
 #   its `attention_peak` at the start and the end of the run (printed above): over a long run the
 #   patch features of an image drift towards their common mean, which the global loss (on the mean
-#   of the patches) and a flat attention both reward, and the maps flatten. Their peaks still
-#   carry the signal the pointing game measured. GLoRIA takes its local features from an
+#   of the patches) and a flat attention both reward, and the maps flatten. Whether their peaks
+#   still carry a signal is the last point below. GLoRIA takes its local features from an
 #   intermediate layer of a pretrained CNN, apart from its pooled global feature; exercise 1 asks
 #   what is left in our patch features once their mean is taken out. The temperatures are GLoRIA's.
 # * **Word merging.** Not the cause here: every report word is one token, and merging only drops
 #   punctuation and specials (section 2).
+# * **Run to run.** The committed run of this lesson was made with one CPU thread. The same
+#   lesson, seed, data and code with two threads (which changes nothing but the order in which
+#   floating-point sums are added) gave pointing accuracy 0.141 (local) and 0.126 (global) against
+#   the same random attention, 0.162: below it, with a paired interval for local minus random
+#   (-0.044 to -0.003) that excludes zero the other way round. Section 5's 60-step run is the same in both to the last printed digit; over
+#   hundreds of steps from scratch, rounding differences grow into different models. The bootstrap
+#   intervals resample the test studies; they say nothing about this training noise. So at this
+#   budget the pointing game does **not** show that the local model points better than random
+#   attention, nor that it does not: that needs several training runs (seeds), compared as in
+#   lesson 10. Your numbers, on another machine, will differ for the same reason.
 #
 # Zero-shot adds a caveat of its own: the negative prompts for Support Devices ("No lines or
 # tubes.") share words with the reports that describe devices, and SynthCXR never negates devices,
@@ -581,11 +606,12 @@ print(f"attention_peak of the local model: {first:.2f} in its first 20 steps, {l
 #   The batched loss equals GLoRIA's per-report loop and is much faster.
 # - Trained from scratch, GLoRIA's two-softmax attention collapses within a few dozen steps (one
 #   word takes every region, all maps go flat). One softmax over word-region cosines, same
-#   temperature, avoids that collapse; its maps flatten more slowly but keep pointing.
+#   temperature, avoids that collapse; its maps still flatten over the run.
 # - The attention maps say where a word looks; the pointing game turns that into a number, with
-#   random attention as the floor. At this budget the local model points above chance on findings
-#   larger than a patch; findings smaller than a patch it does not find, and the downstream AUROC of
-#   the two arms differ little: measure before believing that "local helps small findings".
+#   random attention as the floor. At this budget the answer changes from one training run to the
+#   next (two runs that differ only in floating-point rounding land on either side of random
+#   attention); findings smaller than a patch no run finds, and the downstream AUROC of the two arms
+#   differ little. Measure over several seeds before believing that "local helps small findings".
 #
 # ## Exercises
 #
