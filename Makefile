@@ -46,8 +46,10 @@ lab: $(VENV)/.installed-dev
 	$(VENV)/bin/jupyter lab notebooks/
 
 # Maintainers: re-execute lessons in the cpu profile and rewrite the committed notebooks.
+# One thread, as every committed run: another thread count adds floating-point sums in another
+# order, and a few thousand steps from scratch grow that into other numbers (docs/performance.md).
 notebooks: $(VENV)/.installed-dev
-	$(PY) -m tools.lessons build $(LESSONS)
+	OMP_NUM_THREADS=1 $(PY) -m tools.lessons build $(LESSONS)
 
 # The exercise notebooks, regenerated from the lessons (tests/test_exercises.py fails when they are stale).
 exercises: $(VENV)/.installed-dev

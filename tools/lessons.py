@@ -136,6 +136,9 @@ def build(keys: list[str], profile: str = "cpu") -> None:
     import torch
 
     targets = [find_lesson(k) for k in keys] if keys else lessons()
+    if os.environ.get("OMP_NUM_THREADS") != "1":
+        print("[build] note: the committed notebooks are one-thread runs (OMP_NUM_THREADS=1, as `make "
+              "notebooks` sets); with another thread count the numbers differ (docs/performance.md)", flush=True)
     for lesson in targets:
         started = time.time()
         out = BUILD / "notebooks" / f"{lesson.stem}.ipynb"
