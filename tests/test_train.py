@@ -257,6 +257,63 @@ def test_move_to_device_reaches_nested_tensors_only():
     assert isinstance(moved["pair"], Pair) and moved["pair"].a.device.type == "meta" and moved["pair"].b == "x"
 
 
+def _tiny_cnn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),  # no bias: BN cancels it
+                         nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 1))
+
+
+def test_channels_last_trains_the_same_model_and_hands_it_back_contiguous(tmp_path):
+    """channels_last (the CUDA default for CNNs) changes the memory layout, not the maths: the same
+    losses and weights up to rounding, and the model comes back in the default format, so
+    safetensors (which refuses non-contiguous tensors) can save it and a resumed run can load it."""
+    from safetensors.torch import save_model
+
+    from medmm_lite.backbones import image_encoder
+    from medmm_lite.profiles import profile
+    from medmm_lite.train import has_real_convolutions
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 16, 16, generator=g)
+    data = TensorDataset(x, x.mean((1, 2, 3))[:, None])
+    seen = []
+
+    def loss(model, batch):
+        images, target = batch
+        seen.append(images.stride(1) == 1)   # channels last (with one channel both layouts count as contiguous)
+        return nn.functional.mse_loss(model(images), target)
+
+    runs = {}
+    for flag in (False, True):
+        model = _tiny_cnn()
+        history = fit(model, loss, data, steps=20, batch_size=16, lr=1e-2, device="cpu", progress=False,
+                      channels_last=flag)
+        runs[flag] = (history.loss, model)
+        assert all(p.is_contiguous() for p in model.parameters())
+        save_model(model, str(tmp_path / f"cnn_{flag}.safetensors"))
+    assert seen == [False] * 20 + [True] * 20
+    assert runs[False][0] == pytest.approx(runs[True][0], rel=1e-4, abs=1e-6)
+    for a, b in zip(runs[False][1].parameters(), runs[True][1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+    assert has_real_convolutions(_tiny_cnn())
+    assert not has_real_convolutions(image_encoder(profile("smoke")))   # a ViT: patch embedding only
+    assert not has_real_convolutions(_mlp())
+
+    # resuming a finished channels-last run returns the model contiguous too
+    model = _tiny_cnn()
+    ckpt = tmp_path / "cnn.pt"
+    fit(model, loss, data, steps=4, batch_size=16, lr=1e-2, device="cpu", progress=False, channels_last=True,
+        checkpoint_path=ckpt)
+    again = _tiny_cnn(seed=1)
+    fit(again, loss, data, steps=4, batch_size=16, lr=1e-2, device="cpu", progress=False, channels_last=True,
+        checkpoint_path=ckpt)
+    assert all(p.is_contiguous() for p in again.parameters())
+    for a, b in zip(model.parameters(), again.parameters()):
+        torch.testing.assert_close(a, b)
+
+
 # --------------------------------------------------------------------------- evaluation
 def test_eval_fn_runs_in_eval_mode_without_grad():
     calls = []
