@@ -586,8 +586,9 @@ print(f"attention_peak of the local model: {first:.2f} in its first 20 steps, {l
 #   lesson, seed, data and code with two threads (which changes nothing but the order in which
 #   floating-point sums are added) gave pointing accuracy 0.141 (local) and 0.126 (global) against
 #   the same random attention, 0.162: below it, with a paired interval for local minus random
-#   (-0.044 to -0.003) that excludes zero the other way round. Section 5's 60-step run is the same in both to the last printed digit; over
-#   hundreds of steps from scratch, rounding differences grow into different models. The bootstrap
+#   (-0.044 to -0.003) that excludes zero the other way round. Section 5's 60-step run is the
+#   same in both to the last printed digit; over hundreds of steps from scratch, rounding
+#   differences grow into different models. The bootstrap
 #   intervals resample the test studies; they say nothing about this training noise. So at this
 #   budget the pointing game does **not** show that the local model points better than random
 #   attention, nor that it does not: that needs several training runs (seeds), compared as in
