@@ -39,15 +39,17 @@ def _same_weights(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_second_call_loads_without_training(capsys):
+def test_second_call_loads_without_training(caplog):
+    caplog.set_level("INFO", logger="medmm_lite.hub")
     train = Trainer()
     key = {"profile": "smoke", "seed": 0}
     first, info1 = load_or_train("toy", train, build_fn=build, key=key)
     assert train.calls == 1 and info1["cached"] is False and isinstance(info1["history"], History)
-    assert "trained toy" in capsys.readouterr().out
+    assert "trained toy" in caplog.text
+    caplog.clear()
     second, info2 = load_or_train("toy", train, build_fn=build, key=dict(reversed(key.items())))
     assert train.calls == 1 and info2["cached"] is True
-    assert "loaded toy from" in capsys.readouterr().out
+    assert "loaded toy-" in caplog.text and str(Path.home()) not in caplog.text
     assert info2["path"] == info1["path"] and info2["path"].endswith("model.safetensors")
     assert _same_weights(first, second)  # BatchNorm running statistics included
     assert not _same_weights(first, build())
@@ -68,7 +70,7 @@ def test_different_key_code_or_flags_retrain(monkeypatch, tmp_path):
     load_or_train("toy", train, build_fn=build, key={"seed": 0})
     assert train.calls == 5
     monkeypatch.delenv("MEDMM_NO_CACHE")
-    monkeypatch.setattr(hub, "code_version", lambda: "another-library-version")
+    monkeypatch.setattr(hub, "code_version", lambda modules=None: "another-library-version")
     load_or_train("toy", train, build_fn=build, key={"seed": 0})
     assert train.calls == 6
     _, info = load_or_train("toy", train, build_fn=build, key={"seed": 0}, cache_dir=tmp_path / "elsewhere")
@@ -78,6 +80,7 @@ def test_different_key_code_or_flags_retrain(monkeypatch, tmp_path):
 def test_code_version_hashes_the_package_sources():
     version = hub.code_version()
     assert version == hub.code_version() and len(version) == 16
+    assert hub.code_version(["medmm_lite.models.vit"]) != hub.code_version(["medmm_lite.models.text"])
     assert hub.cache_key("toy", {"a": 1}) != hub.cache_key("toy", {"a": 2})
     assert hub.cache_key("toy", {"a": 1, "b": 2}) == hub.cache_key("toy", {"b": 2, "a": 1})
 
@@ -146,3 +149,50 @@ def test_bad_input_is_a_clear_error():
         load_or_train("toy", lambda m: object(), build_fn=build)
     with pytest.raises(TypeError, match="build_fn"):
         load_or_train("toy", Trainer(), build_fn=None)
+
+
+def _clip_parts():
+    from medmm_lite import backbones, profile
+    from medmm_lite.pretrain.clip import CLIPModel
+
+    P = profile("smoke")
+    return lambda: CLIPModel(backbones.image_encoder(P), backbones.text_encoder(P, 50), embed_dim=16)
+
+
+def test_the_key_covers_the_modules_a_model_uses_not_the_whole_library():
+    from medmm_lite.pretrain import clip
+
+    build = _clip_parts()
+    modules = hub.source_modules(build(), clip.clip_step)
+    assert {"medmm_lite.pretrain.clip", "medmm_lite.models.vit", "medmm_lite.models.text",
+            "medmm_lite.objectives.contrastive", "medmm_lite.train"} <= set(modules)
+    assert "medmm_lite.widgets" not in modules and "medmm_lite.capstone" not in modules
+
+
+def test_editing_widgets_keeps_a_cached_clip_model_and_editing_clip_retrains_it(tmp_path, monkeypatch, request):
+    """Hash a copy of the package, edit one file of the copy, ask for the same model again."""
+    import shutil
+
+    from medmm_lite.pretrain.clip import clip_step
+
+    copy = tmp_path / "src" / "medmm_lite"
+    shutil.copytree(hub.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(hub, "PACKAGE", copy)
+    hub._imported_modules.cache_clear()
+    request.addfinalizer(hub._imported_modules.cache_clear)  # forget what was read from the copy
+    build, train = _clip_parts(), Trainer()
+
+    def clip_train(model):
+        clip_step  # a real training function reaches the CLIP module's step
+        train.calls += 1
+
+    def cached():
+        return load_or_train("clip_toy", clip_train, build_fn=build, key={"seed": 0})[1]["cached"]
+
+    assert not cached() and cached()
+    with open(copy / "widgets.py", "a") as f:
+        f.write("\n# a comment added by the test\n")
+    assert cached()
+    with open(copy / "pretrain" / "clip.py", "a") as f:
+        f.write("\n# a comment added by the test\n")
+    assert not cached() and train.calls == 2
