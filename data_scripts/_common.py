@@ -33,12 +33,24 @@ def make_parser(name: str, description: str) -> argparse.ArgumentParser:
                         help="delete the downloaded archives after preparing (saves disk; a later --force "
                              "downloads them again)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    if name in UNPUBLISHED:
+        parser.add_argument("--accept-new-checksum", action="store_true",
+                            help=f"{UNPUBLISHED[name]} publishes no checksum, so the first download's size and SHA-256 "
+                                 "are recorded and a later download that differs is refused; pass this to accept "
+                                 "a file the source has changed, deliberately (the new one is recorded)")
     return parser
 
 
+# Sources that publish no checksum: their first download is recorded and enforced.
+UNPUBLISHED = {"iu_xray": "Open-I", "vqa_rad": "OSF", "ixi": "IXI"}
+
+
 def common_kwargs(args) -> dict:
-    return {"mirror": args.mirror, "force": args.force, "progress": not args.no_progress,
-            "keep_archives": not args.delete_archives}
+    kwargs = {"mirror": args.mirror, "force": args.force, "progress": not args.no_progress,
+              "keep_archives": not args.delete_archives}
+    if hasattr(args, "accept_new_checksum"):
+        kwargs["accept_new_checksum"] = args.accept_new_checksum
+    return kwargs
 
 
 def run(name: str, prepare, args, **kwargs) -> int:

@@ -23,12 +23,19 @@ Weights are stored with ``safetensors`` (no pickle: loading runs no code), which
 also takes care of tied weights (a language model's input embedding shared with
 its output layer is saved once). ``MEDMM_NO_CACHE=1`` forces training.
 
+What is checked: ``info.json`` records the SHA-256 of the weights file, and a load checks
+it, and that every weight is finite; a damaged, unverifiable or malformed entry is a
+warning and the model is trained again. Two processes asking for the same model take
+turns (a file lock per key, ``filelock``): the second loads what the first trained. A
+model that cannot be saved (a full disk) is kept: a warning, and the call returns it.
+
 Under ``torchrun`` every process trains (together, through ``fit``), and only rank 0
-writes the files and prints; the others wait for it before they go on.
+takes the lock, writes the files and logs; the others wait for it before they go on.
 """
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -40,12 +47,13 @@ import time
 import warnings
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 from . import distributed as dist_utils
 from .train import History
-from .utils import atomic_save, atomic_write_bytes
+from .utils import NoSpaceLeftError, atomic_save, atomic_write_bytes, file_lock
 from .utils import cache_dir as default_cache_dir
 
 HUB_FORMAT = 1
@@ -194,6 +202,60 @@ def _build(build_fn) -> nn.Module:
     return model
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _non_finite(model: nn.Module) -> str | None:
+    """The first parameter with a NaN or an infinity, or buffer with a NaN (a buffer may hold
+    -inf on purpose, e.g. an attention mask), as "name (k of n values)"; None if all are fine."""
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, tensor in named:
+            if not tensor.is_floating_point():
+                continue
+            bad = ~torch.isfinite(tensor) if kind == "parameter" else torch.isnan(tensor)
+            count = int(bad.sum())
+            if count:
+                return f"{kind} {name} ({count} of {tensor.numel()} values)"
+    return None
+
+
+def _read_info(meta: Path, digest: str) -> dict:
+    """info.json, checked field by field: a malformed one raises ValueError (and the model is trained again)."""
+    saved = json.loads(meta.read_text(encoding="utf-8"))
+    if not isinstance(saved, dict):
+        raise ValueError(f"info.json holds a {type(saved).__name__}, not an object")
+    if saved.get("digest") != digest:
+        raise ValueError(f"info.json belongs to {saved.get('name')}-{saved.get('digest')}")
+    sha = saved.get("sha256")
+    if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise ValueError("info.json records no SHA-256 of the weights (written by an older version, or edited), "
+                         "so they cannot be verified")
+    seconds = saved.get("train_seconds", 0.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ValueError(f"info.json: train_seconds must be a number, got {seconds!r}")
+    try:
+        history = _decode_result(saved.get("history"))
+    except Exception as err:  # a History with missing or mistyped fields
+        raise ValueError(f"info.json: the recorded history is malformed ({type(err).__name__}: {err})") from err
+    return {"sha256": sha, "train_seconds": float(seconds), "history": history}
+
+
+def _key_lock(root: Path, folder: Path):
+    """One process at a time per cached model. Under torchrun only rank 0 takes it (the others
+    train together with rank 0 and write nothing); they wait for it at the barrier."""
+    if dist_utils.is_main_process():
+        lock = file_lock(root / ".locks" / f"{folder.name}.lock", f"training or caching {folder.name}",
+                         log=log.info)
+    else:
+        lock = contextlib.nullcontext()
+    return lock
+
+
 def load_or_train(name: str, train_fn, *, build_fn, key=None, cache_dir=None, retrain: bool = False,
                   device=None):
     """Load the model cached under ``name`` and ``key``, or build, train and cache it.
@@ -209,11 +271,16 @@ def load_or_train(name: str, train_fn, *, build_fn, key=None, cache_dir=None, re
         device: move the returned model there (default: leave it where ``build_fn``/``train_fn`` put it).
 
     Returns:
-        ``(model, info)`` with ``info = {"cached": bool, "path": str, "history": History | dict | None,
+        ``(model, info)`` with ``info = {"cached": bool, "path": str | None, "history": History | dict | None,
         "seconds": float (this call), "train_seconds": float (the training, when it happened)}``.
+        ``path`` is None when the trained model could not be written (a full disk: warned about).
 
-    A cached file that cannot be read, or does not fit ``build_fn()``'s model, gives a warning
-    and the model is trained again. ``MEDMM_NO_CACHE=1`` in the environment forces training.
+    What is verified: ``info.json`` records the SHA-256 of the weights file; a cached model whose
+    file does not match it, whose weights are not finite, that does not fit ``build_fn()``'s
+    model, or whose ``info.json`` is malformed gives a warning and is trained again. Two
+    processes asking for one model take turns (a file lock per key): the second loads what the
+    first trained. A model that cannot be saved (full disk) is returned with a warning.
+    ``MEDMM_NO_CACHE=1`` in the environment forces training.
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"name must be a short identifier like 'clip_vit' (letters, digits, _ . -), got {name!r}")
@@ -230,42 +297,80 @@ def load_or_train(name: str, train_fn, *, build_fn, key=None, cache_dir=None, re
     weights, meta = folder / "model.safetensors", folder / "info.json"
     no_cache = os.environ.get("MEDMM_NO_CACHE", "").strip().lower() not in ("", "0", "false", "no")
 
-    if not (retrain or no_cache) and weights.exists() and meta.exists():
-        try:
-            saved = json.loads(meta.read_text())
-            if saved.get("digest") != digest:
-                raise ValueError(f"info.json belongs to {saved.get('name')}-{saved.get('digest')}")
-            load_model(model, str(weights), strict=True)
-        except Exception as err:  # truncated, garbled, or written for another architecture
-            warnings.warn(f"cached model {folder.name} cannot be used ({type(err).__name__}: {err}); "
-                          "training it again", RuntimeWarning, stacklevel=2)
-            model = _build(build_fn)  # the failed load may have filled part of the weights
-        else:
-            if device is not None:
-                model.to(device)
-            history = _decode_result(saved.get("history"))
-            train_seconds = float(saved.get("train_seconds", 0.0))
-            log.info("loaded %s from the cache (training it took %.1f s)", folder.name, train_seconds)
-            return model, {"cached": True, "path": str(weights), "history": history,
-                           "seconds": time.perf_counter() - started, "train_seconds": train_seconds}
+    with _key_lock(root, folder):
+        dist_utils.barrier()  # under torchrun: nobody looks at the cache before rank 0 holds the lock
+        if not (retrain or no_cache) and weights.exists() and meta.exists():
+            try:
+                saved = _read_info(meta, digest)
+                actual = _file_sha256(weights)
+                if actual != saved["sha256"]:
+                    raise ValueError(f"the weights file's SHA-256 is {actual[:12]}..., info.json recorded "
+                                     f"{saved['sha256'][:12]}... (the file was damaged or replaced)")
+                load_model(model, str(weights), strict=True)
+                bad = _non_finite(model)
+                if bad is not None:
+                    raise ValueError(f"the cached weights are not finite: {bad}")
+            except Exception as err:  # truncated, garbled, unverifiable or written for another architecture
+                warnings.warn(f"cached model {folder.name} cannot be used ({type(err).__name__}: {err}); "
+                              "training it again", RuntimeWarning, stacklevel=2)
+                model = _build(build_fn)  # the failed load may have filled part of the weights
+            else:
+                if device is not None:
+                    model.to(device)
+                log.info("loaded %s from the cache (training it took %.1f s)", folder.name, saved["train_seconds"])
+                return model, {"cached": True, "path": str(weights), "history": saved["history"],
+                               "seconds": time.perf_counter() - started, "train_seconds": saved["train_seconds"]}
 
-    train_started = time.perf_counter()
-    result = train_fn(model)
-    train_seconds = time.perf_counter() - train_started
-    encoded = _encode_result(result)
+        train_started = time.perf_counter()
+        result = train_fn(model)
+        train_seconds = time.perf_counter() - train_started
+        encoded = _encode_result(result)
 
-    if dist_utils.is_main_process():  # every process holds the same weights; one writes them
-        atomic_save(lambda tmp: save_model(model, tmp, metadata={"name": name, "digest": digest}), weights)
-        info_json = {"name": name, "digest": digest, "key": key, "code_version": code_version(modules),
-                     "modules": modules, "train_seconds": train_seconds, "history": encoded,
-                     "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        path = str(weights)
+        if dist_utils.is_main_process():  # every process holds the same weights; one writes them
+            path = _save(model, name, digest, folder, {
+                "name": name, "digest": digest, "key": key, "code_version": code_version(modules),
+                "modules": modules, "train_seconds": train_seconds, "history": encoded,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        path = dist_utils.all_gather_objects(path)[0]  # what rank 0 managed to write
+        if device is not None:
+            model.to(device)
+        return model, {"cached": False, "path": path, "history": _decode_result(encoded),
+                       "seconds": time.perf_counter() - started, "train_seconds": train_seconds}
+
+
+def _save(model: nn.Module, name: str, digest: str, folder: Path, info_json: dict) -> str | None:
+    """Write the weights, then info.json with their SHA-256. Returns the weights' path, or None
+    (with a warning) when the model cannot be cached: non-finite weights, or a full or
+    read-only disk. The model itself is never lost: the caller returns it."""
+    weights, meta = folder / "model.safetensors", folder / "info.json"
+    bad = _non_finite(model)
+    if bad is not None:
+        warnings.warn(f"{name} trained to non-finite weights ({bad}); returning it, but not caching "
+                      f"{folder.name}: a later call trains it again", RuntimeWarning, stacklevel=3)
+        return None
+    needed = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    try:
+        atomic_save(lambda tmp: save_model(model, tmp, metadata={"name": name, "digest": digest}), weights,
+                    needed_bytes=needed)
+        info_json["sha256"] = _file_sha256(weights)
         atomic_write_bytes(meta, json.dumps(info_json, indent=1).encode())
-        log.info("trained %s in %.1f s; cached as %s", name, train_seconds, folder.name)
-    dist_utils.barrier()
-    if device is not None:
-        model.to(device)
-    return model, {"cached": False, "path": str(weights), "history": _decode_result(encoded),
-                   "seconds": time.perf_counter() - started, "train_seconds": train_seconds}
+    except OSError as err:
+        for path in (meta, weights):  # never leave weights and an info.json that do not belong together
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+        if isinstance(err, NoSpaceLeftError):
+            why = f"no space left in the cache ({err.describe_need()})"
+        else:
+            why = f"{type(err).__name__}: {err.strerror or err}"
+        warnings.warn(f"trained {name}, but could not cache it as {folder.name} ({why}); the model is returned "
+                      "and will be trained again next time. Free some space, or set MEDMM_DATA to another "
+                      "folder", RuntimeWarning, stacklevel=3)
+        return None
+    log.info("trained %s in %.1f s; cached as %s", name, info_json["train_seconds"], folder.name)
+    return str(weights)
 
 
 __all__ = ["load_or_train", "cache_key", "code_version", "source_modules"]

@@ -8,6 +8,9 @@ first (CLIP's trick), which makes the answer less sensitive to one wording.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -65,6 +68,10 @@ def zero_shot_classify(image_embeddings, positive_embeddings, negative_embedding
         raise ValueError("image_embeddings must be (N, D) and positive/negative embeddings both (F, D); got "
                          f"{tuple(image_embeddings.shape)}, {tuple(positive_embeddings.shape)}, "
                          f"{tuple(negative_embeddings.shape)}")
+    if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+            or not (temperature > 0 and math.isfinite(temperature))):
+        raise ValueError(f"temperature must be a number > 0 (0.1 is typical; smaller is sharper), got {temperature!r}: "
+                         "a negative one inverts every score (1 - p), 0 turns them into hard 0/1")
     if image_embeddings.shape[1] != positive_embeddings.shape[1]:
         raise ValueError(f"image embeddings have {image_embeddings.shape[1]} dims, prompts "
                          f"{positive_embeddings.shape[1]}: embed both with the same model's projections")

@@ -19,7 +19,7 @@ from .synthcxr import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 # Names from sibling modules that import heavier libraries (transformers): loaded on first use,
 # so `import medmm_lite.data` stays fast.
 _LAZY = {"train_tokenizer": ".tokenizer", "encode_reports": ".tokenizer", "encode_for_decoder": ".tokenizer",
-         "load_dataset": ".datasets", "DATASETS": ".datasets", "prepare_data": ".prepare",
+         "load_dataset": ".datasets", "DATASETS": ".datasets", "prepare_data": ".prepare", "dataset_split": ".prepare",
          "PreparedData": ".prepare", "TensorDictDataset": ".tensors"}
 
 

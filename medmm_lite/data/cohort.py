@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
@@ -397,6 +398,8 @@ def patient_split(cohort: Cohort, fractions=(0.7, 0.1, 0.2), seed: int = 0) -> d
     if len(patients) < 3:
         raise ValueError(f"patient_split needs at least 3 patients (one per split), the cohort has {len(patients)}")
     labels = cohort.labels.numpy() if isinstance(cohort.labels, torch.Tensor) else np.asarray(cohort.labels)
+    _check_split_labels(labels, len(patient_of_study), getattr(cohort, "findings", None))
+    _warn_if_patients_unknown(cohort)
     n_pat, n_lab = len(patients), labels.shape[1]
     counts = np.zeros((n_pat, n_lab))
     np.add.at(counts, patient_of_study, labels)
@@ -435,6 +438,33 @@ def patient_split(cohort: Cohort, fractions=(0.7, 0.1, 0.2), seed: int = 0) -> d
             assign[members[np.argmin(sizes[members])]] = s
     study_split = assign[patient_of_study]
     return {name: np.nonzero(study_split == s)[0] for s, name in enumerate(("train", "val", "test"))}
+
+
+def _check_split_labels(labels: np.ndarray, n: int, names=None) -> None:
+    """Labels must be 0/1 (or weights in [0, 1]) for the stratification: a -1 (CheXpert's
+    "uncertain") or a NaN would silently skew it, or fail deep inside NumPy."""
+    if labels.ndim != 2 or len(labels) != n:
+        raise ValueError(f"patient_split needs labels of shape (studies, findings) = ({n}, F), got {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.number) or labels.dtype == bool:
+        labels = labels.astype(float)
+    bad = ~np.isfinite(labels) | (labels < 0) | (labels > 1)
+    if bad.any():
+        study, column = np.argwhere(bad)[0]
+        finding = names[column] if names is not None and column < len(names) else f"column {column}"
+        raise ValueError(
+            f"patient_split needs labels in [0, 1] (1 = present, 0 = absent); study {study} has "
+            f"{float(labels[study, column])} for {finding} ({int(bad.sum())} such values in all). Map uncertain labels (-1) to 0 or 1 first "
+            "(e.g. labels.clamp(min=0), or 1 for CheXpert's U-Ones), and fill or drop missing (NaN) ones")
+
+
+def _warn_if_patients_unknown(cohort) -> None:
+    """ChestMNIST gives every image its own patient id (MedMNIST dropped NIH's): splitting by those
+    ids can put one patient's images on both sides. Its official split is by patient."""
+    if tuple(getattr(cohort, "site_names", ())) == ("NIH Clinical Center",):
+        warnings.warn("this looks like a ChestMNIST cohort, whose images each carry their own patient id "
+                      "(MedMNIST dropped NIH's): patient_split cannot keep a patient's images together. Use its "
+                      "official patient-level split instead: medmm_lite.data.real.chestmnist.official_split(cohort) "
+                      "(prepare_data does)", RuntimeWarning, stacklevel=3)
 
 
 def _refine_split(assign, counts, sizes, frac, rng, size_weight=4.0, sweeps=8):

@@ -41,6 +41,9 @@ class LayerCache(NamedTuple):
 
 
 def _check_heads(dim: int, heads: int) -> int:
+    for name, value in (("dim", dim), ("heads", heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     if dim % heads != 0:
         raise ValueError(f"dim={dim} must be divisible by heads={heads} (each head gets dim // heads channels)")
     return dim // heads

@@ -65,6 +65,19 @@ def check_token_ids(input_ids, name: str, vocab_size: int, max_len: int, past_le
                              "was the tokenizer trained with a different vocab_size than the model?")
 
 
+def _check_sizes(name: str, **sizes) -> None:
+    """Sizes are positive ints (``depth`` may be 0: embeddings and the final norm only). A zero or
+    negative size used to build a model that fails later, far from the cause, or not at all."""
+    for key, value in sizes.items():
+        smallest = 0 if key == "depth" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+            hint = " (the longest input in tokens, e.g. the tokenizer's max_length)" if key == "max_len" else ""
+            raise ValueError(f"{name}: {key} must be an int >= {smallest}{hint}, got {value!r}")
+    if sizes["dim"] % sizes["heads"]:
+        raise ValueError(f"{name}: dim={sizes['dim']} must be divisible by heads={sizes['heads']} (each head gets "
+                         "dim // heads channels)")
+
+
 def _check_mask(mask, shape, name: str, what: str) -> torch.Tensor:
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
         got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
@@ -93,6 +106,7 @@ class TextEncoder(nn.Module):
     def __init__(self, vocab_size: int, dim: int, depth: int, heads: int, max_len: int, pad_id: int = 0,
                  mlp_ratio: float = 4.0):
         super().__init__()
+        _check_sizes("TextEncoder", vocab_size=vocab_size, dim=dim, depth=depth, heads=heads, max_len=max_len)
         if not 0 <= pad_id < vocab_size:
             raise ValueError(f"pad_id={pad_id} must be a token id in [0, vocab_size={vocab_size})")
         self.vocab_size, self.dim, self.max_len, self.pad_id = vocab_size, dim, max_len, pad_id
@@ -153,6 +167,7 @@ class TextDecoder(nn.Module):
                  cross_attention: bool = False, context_dim: int | None = None, pad_id: int = 0,
                  tie_weights: bool = True, mlp_ratio: float = 4.0):
         super().__init__()
+        _check_sizes("TextDecoder", vocab_size=vocab_size, dim=dim, depth=depth, heads=heads, max_len=max_len)
         if not 0 <= pad_id < vocab_size:
             raise ValueError(f"pad_id={pad_id} must be a token id in [0, vocab_size={vocab_size})")
         if context_dim is not None and not cross_attention:

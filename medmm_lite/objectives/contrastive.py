@@ -18,6 +18,7 @@ single-process loss on the global batch. On one process they are the plain losse
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn as nn
@@ -39,6 +40,32 @@ def _check_pairs(a: torch.Tensor, b: torch.Tensor, names=("image_features", "tex
         raise ValueError("a contrastive loss needs at least 2 pairs in the batch (the others are the negatives)")
 
 
+def _check_scale(logit_scale) -> None:
+    """``logit_scale`` (1 / temperature) must be > 0: a negative one ranks every mismatched pair
+    above its match (the loss then trains the model backwards), 0 makes every pair alike."""
+    if isinstance(logit_scale, torch.Tensor):
+        if logit_scale.numel() != 1:
+            raise ValueError(f"logit_scale must be one number (1 / temperature), got a tensor of shape "
+                             f"{tuple(logit_scale.shape)}")
+        bad = bool((logit_scale.detach() <= 0).any())
+    elif isinstance(logit_scale, numbers.Real) and not isinstance(logit_scale, bool):
+        bad = not logit_scale > 0 and not math.isnan(logit_scale)
+    else:
+        raise ValueError(f"logit_scale must be a number or a one-element tensor (1 / temperature), got "
+                         f"{type(logit_scale).__name__}")
+    if bad:
+        value = float(logit_scale)
+        raise ValueError(f"logit_scale must be > 0 (it is 1 / temperature; CLIP starts at 1/0.07 = 14.3), got "
+                         f"{value:g}: a negative scale rewards mismatched pairs. A learned scale should be stored "
+                         "as its log and exponentiated (LogitScale does)")
+
+
+def _check_temperature(temperature) -> None:
+    if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+            or not (temperature > 0 and math.isfinite(temperature))):
+        raise ValueError(f"temperature must be a number > 0 (0.1 is typical), got {temperature!r}")
+
+
 def similarity_logits(image_features, text_features, logit_scale):
     """(N, N) scaled cosine similarities: row i = image i against every text."""
     image_features = F.normalize(image_features, dim=-1)
@@ -54,6 +81,7 @@ def clip_loss(image_features, text_features, logit_scale, image_to_text_weight: 
     0.75 is ConVIRT's asymmetric weighting.
     """
     _check_pairs(image_features, text_features)
+    _check_scale(logit_scale)
     if not 0.0 <= image_to_text_weight <= 1.0:
         raise ValueError(f"image_to_text_weight must be in [0, 1], got {image_to_text_weight}")
     logits = similarity_logits(image_features, text_features, logit_scale)
@@ -65,6 +93,7 @@ def clip_loss(image_features, text_features, logit_scale, image_to_text_weight: 
 
 def convirt_loss(image_features, text_features, temperature: float = 0.1, image_to_text_weight: float = 0.75):
     """ConVIRT (Zhang et al. 2020): fixed temperature 0.1, image->text weighted 0.75."""
+    _check_temperature(temperature)
     return clip_loss(image_features, text_features, 1.0 / temperature, image_to_text_weight)
 
 
@@ -72,6 +101,7 @@ def nt_xent_loss(view_a, view_b, temperature: float = 0.1):
     """SimCLR's NT-Xent. Each of the 2N views has one positive (its twin) and 2N-2 negatives;
     a view is never compared with itself."""
     _check_pairs(view_a, view_b, names=("view_a", "view_b"))
+    _check_temperature(temperature)
     n = view_a.shape[0]
     z = F.normalize(torch.cat([view_a, view_b]), dim=-1)
     logits = z @ z.t() / temperature
@@ -99,6 +129,7 @@ def distributed_clip_loss(image_features, text_features, logit_scale, image_to_t
     if not is_distributed():
         return clip_loss(image_features, text_features, logit_scale, image_to_text_weight)
     _check_pairs(image_features, text_features)
+    _check_scale(logit_scale)
     if not 0.0 <= image_to_text_weight <= 1.0:
         raise ValueError(f"image_to_text_weight must be in [0, 1], got {image_to_text_weight}")
     image_features = F.normalize(image_features, dim=-1)
@@ -119,6 +150,7 @@ def distributed_nt_xent_loss(view_a, view_b, temperature: float = 0.1):
     if not is_distributed():
         return nt_xent_loss(view_a, view_b, temperature)
     _check_pairs(view_a, view_b, names=("view_a", "view_b"))
+    _check_temperature(temperature)
     a, b = F.normalize(view_a, dim=-1), F.normalize(view_b, dim=-1)
     all_a, all_b = gather_features(a, b)
     n, total = a.shape[0], all_a.shape[0]

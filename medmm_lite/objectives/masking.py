@@ -59,6 +59,9 @@ def random_masking(x: torch.Tensor, mask_ratio: float, generator: torch.Generato
     if not isinstance(mask_ratio, (int, float)) or not 0 <= mask_ratio < 1:
         raise ValueError(f"mask_ratio must be a number in [0, 1) (the fraction of tokens removed), got {mask_ratio!r}")
     B, L, D = x.shape
+    if L == 0:
+        raise ValueError(f"random_masking got no tokens to mask (x has shape {tuple(x.shape)}, L = 0); "
+                         "check that the patch embedding produced tokens (image larger than one patch)")
     len_keep = keep_count(L, mask_ratio)
     if len_keep < 1:
         raise ValueError(f"mask_ratio={mask_ratio} keeps no token out of {L}; lower it (at most {1 - 1 / L:.3f} "
@@ -122,6 +125,15 @@ def mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_
         raise ValueError(f"mask must be (B, L) = {tuple(pred.shape[:2])}, one entry per patch; got {tuple(mask.shape)}")
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    if reduction == "mean":
+        weights = mask.detach()
+        if bool((~torch.isfinite(weights) | (weights < 0)).any()):  # one check, one sync
+            finite = weights[torch.isfinite(weights)]
+            got = (f"a minimum of {float(finite.min()):g}" if finite.numel() and float(finite.min()) < 0
+                   else "non-finite values")
+            raise ValueError(f"mask must hold finite weights >= 0 (1 = removed patch, 0 = visible), got {got}. "
+                             "A negative weight rewards a wrong prediction: use random_masking's mask, or clamp "
+                             "your weights at 0")
     if norm_pix_loss:
         target = normalize_patches(target)
     per_patch = ((pred - target) ** 2).mean(dim=-1)   # (B, L): mean over the pixels of each patch

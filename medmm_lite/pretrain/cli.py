@@ -17,6 +17,11 @@ What lands where:
   it instead of training (see ``docs/scaling.md``);
 * ``OUT/run.json``: what ran, with the training history.
 
+Before anything is prepared or trained, the run checks what it was given: profile values in
+range (a TOML value out of range, or a non-UTF-8 file, is exit 2 with a message), ``--out``
+writable, a batch that fits in the training split, and CUDA for the gpu profile (without it
+the run refuses, unless ``--allow-cpu``).
+
 Exit status: 0 done, 2 bad input, 75 stopped by ``--stop-after`` (resume with ``--resume``).
 """
 from __future__ import annotations
@@ -25,7 +30,9 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -54,7 +61,14 @@ def read_config(path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        return tomllib.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at position "
+                          f"{err.start}); TOML files must be UTF-8: save it again as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read ({type(err).__name__}: {err.strerror or err})") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
 
@@ -72,6 +86,28 @@ def _check_type(where: str, key: str, value, default):
     if not ok:
         raise ConfigError(f"{where}: {key} must be a {expected.__name__} (like {default!r}), got {value!r}")
     return float(value) if expected is float else value
+
+
+# The smallest value each profile field may take (a zero or negative size, or a batch of one for a
+# contrastive loss, fails later with a traceback, or trains nothing).
+PROFILE_MINIMA = {"n_studies": 3, "image_size": 16, "patch_size": 1, "dim": 1, "depth": 1, "heads": 1,
+                  "vocab_size": 1, "max_text_len": 3, "batch_size": 2, "steps": 1, "probe_steps": 1}
+
+
+def check_profile(P, where: str) -> None:
+    """A ConfigError (exit 2) for profile values out of range; ``where`` names their source."""
+    for name, smallest in PROFILE_MINIMA.items():
+        value = getattr(P, name)
+        if value < smallest:
+            raise ConfigError(f"{where}: {name} must be >= {smallest}, got {value}")
+    if P.image_size % P.patch_size:
+        raise ConfigError(f"{where}: image_size {P.image_size} must be a multiple of patch_size {P.patch_size} "
+                          "(the ViT cuts the image into whole patches)")
+    if P.dim % P.heads:
+        raise ConfigError(f"{where}: dim {P.dim} must be divisible by heads {P.heads} (each head gets dim // heads "
+                          "channels)")
+    if not (math.isfinite(P.lr) and P.lr > 0):
+        raise ConfigError(f"{where}: lr must be a finite number > 0, got {P.lr}")
 
 
 def split_config(config: dict, profile, objective, source: str) -> tuple[dict, dict]:
@@ -113,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default="synthcxr", help="synthcxr (default, generated) or a prepared real one")
     parser.add_argument("--data-root", help="where a real dataset lies (default: its place under $MEDMM_DATA)")
     parser.add_argument("--profile", default="auto", choices=PROFILE_NAMES, help="the sizes to start from")
+    parser.add_argument("--allow-cpu", action="store_true",
+                        help="run the gpu profile even though torch sees no CUDA device (slow: many hours)")
     parser.add_argument("--config", help="a TOML file: top-level keys override profile fields, "
                                          "an [objective] table sets the recipe's options")
     parser.add_argument("--steps", type=int, help="optimiser steps of the objective (default: the lesson's)")
@@ -147,19 +185,63 @@ def resolve(args) -> tuple:
     if args.amp is not None:
         changes["amp"] = args.amp
     P = P.with_(**changes)
+    check_profile(P, str(args.config) if args.config and changes else f"profile {P.name}")
     for name, value in (("steps", args.steps), ("grad_accum", args.grad_accum),
                         ("checkpoint_every", args.checkpoint_every), ("stop_after", args.stop_after)):
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if P.device not in ("cpu", "cuda"):
         raise ConfigError(f"device must be 'cpu' or 'cuda', got {P.device!r}")
-    if P.device == "cuda":
-        import torch
+    import torch
 
-        if not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device; use the cpu profile "
-                              "or device = \"cpu\"")
+    if P.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device; use the cpu profile "
+                          "or device = \"cpu\"")
+    if P.name == "gpu" and not torch.cuda.is_available() and not getattr(args, "allow_cpu", False):
+        raise ConfigError(f"the gpu profile ({P.n_studies:,} studies, {P.steps:,} steps of a {P.dim}-wide model at "
+                          f"{P.image_size} px) needs a CUDA device, and torch sees none: on the CPU it would run for "
+                          "many hours. Use --profile cpu (or smoke), or pass --allow-cpu to run the gpu profile on "
+                          "the CPU anyway")
     return objective, P, options
+
+
+def check_out(out: Path) -> None:
+    """``--out`` must be a folder this process can write, before any data is prepared or step taken
+    (an unwritable one used to fail at the first checkpoint, after training had started)."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--out {out} is not a folder this process can write ({type(err).__name__}: "
+                          f"{err.strerror or err}); choose another --out") from None
+
+
+def check_batch_size(P, options: dict, data, dataset: str) -> int:
+    """The batch size the run trains with: the requested one, which must fit in the training split
+    (the lesson's recipes would shrink it, or fail, with the log and run.json still naming the
+    requested size)."""
+    requested = options.get("batch_size") or P.batch_size
+    n_train = len(data.splits["train"])
+    if requested > n_train:
+        raise ConfigError(f"batch_size {requested} is larger than the training split of {dataset} ({n_train} "
+                          f"studies of {len(data.cohort)}): lower batch_size (at most {n_train}) or raise n_studies")
+    return requested
+
+
+def _user_keys(args, options: dict) -> set:
+    """The names of the values this run's command line and config set (for naming a rejected one)."""
+    keys = set(options) | {k for k in ("steps", "grad_accum", "checkpoint_every", "stop_after")
+                           if getattr(args, k, None) is not None}
+    if args.config:
+        try:
+            config = read_config(args.config)
+        except ConfigError:
+            config = {}
+        keys |= {k for k in config if k != "objective"} | set(config.get("objective", {}))
+    return keys
 
 
 # --------------------------------------------------------------------------- running
@@ -168,12 +250,19 @@ def _prepare_data(P, args):
     from .. import distributed as D
     from ..data import prepare_data
 
+    from ..data.real import DatasetNotAvailableError
+
     knobs = {"root": args.data_root} if args.data_root else {}
     if not D.is_main_process():
         D.barrier()
-    data = prepare_data(P, seed=args.seed, dataset=args.dataset, **knobs)
-    if D.is_main_process():
-        D.barrier()
+    try:
+        data = prepare_data(P, seed=args.seed, dataset=args.dataset, **knobs)
+    except (ValueError, TypeError, DatasetNotAvailableError) as err:
+        # everything prepare_data is given comes from the command line and the config
+        raise ConfigError(f"cannot prepare the data for this run: {err}") from err
+    finally:
+        if D.is_main_process():
+            D.barrier()
     if D.is_distributed():  # e.g. nodes without a shared cache that drew different data
         from .clip import data_fingerprint
 
@@ -207,6 +296,7 @@ def run(args) -> int:
 
     objective, P, options = resolve(args)
     out = Path(args.out)
+    check_out(out)
     checkpoints = out / "checkpoints"
     resuming = checkpoints.is_dir() and any(checkpoints.glob("*.pt"))
     if resuming and not args.resume:
@@ -225,12 +315,16 @@ def run(args) -> int:
             print(f"[pretrain] {message}", flush=True)
 
     try:
+        if P.name == "gpu" and P.device == "cpu":
+            say("WARNING: the gpu profile on the CPU (--allow-cpu): torch sees no CUDA device, so this will take "
+                "many hours")
         seed_everything(args.seed + D.rank())  # dropout and the like differ between processes
         data = _prepare_data(P, args)
+        batch_size = check_batch_size(P, options, data, args.dataset)
         recipe = objective.load()
         kwargs = _recipe_arguments(recipe, args, P, options)
         say(f"{objective.name} on {args.dataset}, profile {P.name}, {D.world_size()} process(es), "
-            f"batch {P.batch_size} ({P.batch_size // D.world_size() // args.grad_accum} per pass), device {P.device}")
+            f"batch {batch_size} ({batch_size // D.world_size() // args.grad_accum} per pass), device {P.device}")
         if args.resume and not resuming:
             say(f"nothing to resume in {checkpoints}: starting from the beginning")
         started = time.perf_counter()
@@ -242,18 +336,32 @@ def run(args) -> int:
             say(f"stopped after step {stop.step} as asked; checkpoint {stop.checkpoint_path}. "
                 "Run the same command with --resume to continue.")
             return EXIT_STOPPED
-        folder = Path(info["path"]).parent
+        except ValueError as err:
+            # a value the user set, out of range for the recipe (its own checks name the option)
+            named = [k for k in _user_keys(args, options) if re.search(rf"\b{k}\b", str(err))]
+            if named:
+                raise ConfigError(f"{objective.name} rejected {', '.join(sorted(named))}: {err}") from err
+            raise
+        folder = Path(info["path"]).parent if info.get("path") else None
         if main:
-            shutil.copytree(folder, out / "model", dirs_exist_ok=True)
+            if folder is not None:
+                shutil.copytree(folder, out / "model", dirs_exist_ok=True)
+            else:  # the lessons' cache could not be written (a full disk): keep the model here at least
+                _save_model_copy(model, out / "model", say)
             record = {"objective": objective.name, "dataset": args.dataset, "seed": args.seed, "steps": args.steps,
-                      "profile": dataclasses.asdict(P), "options": options, "world_size": D.world_size(),
-                      "grad_accum": args.grad_accum, "cache_folder": str(folder), "cached": info["cached"],
+                      "batch_size": batch_size, "profile": dataclasses.asdict(P), "options": options,
+                      "world_size": D.world_size(), "grad_accum": args.grad_accum,
+                      "cache_folder": str(folder) if folder is not None else None, "cached": info["cached"],
                       "seconds": time.perf_counter() - started, "arguments": vars(args),
                       **_history_summary(info.get("history"))}
             (out / "run.json").write_text(json.dumps(record, indent=1))
-        say(f"{'loaded' if info['cached'] else 'trained'} {folder.name}: copied to {out / 'model'}; a lesson with "
-            f"PROFILE={P.name!r}, SEED={args.seed}, DATASET={args.dataset!r}, the same profile changes and options "
-            "and this library version loads it from the cache")
+        if folder is None:
+            say(f"trained {objective.name}, but the lessons' cache could not hold it (see the warning above); "
+                f"the model is in {out / 'model'}")
+        else:
+            say(f"{'loaded' if info['cached'] else 'trained'} {folder.name}: copied to {out / 'model'}; a lesson "
+                f"with PROFILE={P.name!r}, SEED={args.seed}, DATASET={args.dataset!r}, the same profile changes and "
+                "options and this library version loads it from the cache")
         D.barrier()
         return 0
     finally:
@@ -263,6 +371,17 @@ def run(args) -> int:
             os.environ.pop("MEDMM_NO_CACHE", None)
         else:
             os.environ["MEDMM_NO_CACHE"] = no_cache
+
+
+def _save_model_copy(model, folder: Path, say) -> None:
+    from safetensors.torch import save_model
+
+    from ..utils import atomic_save
+
+    try:
+        atomic_save(lambda tmp: save_model(model, tmp), folder / "model.safetensors")
+    except OSError as err:
+        say(f"WARNING: could not save the model to {folder} either ({err})")
 
 
 def main(argv=None) -> int:

@@ -20,9 +20,10 @@ image-only lessons.
 
 Patients and splits: MedMNIST keeps NIH's official split, which is by patient, but drops the
 patient ids. So every image gets its own ``patient_id`` here, and ``patient_split`` on this
-cohort can put two images of one patient in different splits (optimistic results). Use
-:func:`official_split` instead: it recovers MedMNIST's train/val/test from ``study_ids``
-(``study_id = split * 10_000_000 + index in that split``), which survives ``cohort.subset``.
+cohort can put two images of one patient in different splits (optimistic results; it warns).
+Use :func:`official_split` instead, as ``prepare_data`` does: it recovers MedMNIST's
+train/val/test from ``study_ids`` (``study_id = split * 10_000_000 + index in that split``),
+which survives ``cohort.subset``.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import (INFO, atomic_directory, check_image_size, check_n_studies, choose_subset, data_root,
-                     default_root, make_cohort, not_available, read_manifest, to_square, write_card)
+                     dataset_lock, default_root, make_cohort, not_available, read_manifest, to_square, write_card)
 from .download import RemoteFile, fetch
 from ..findings import FINDINGS
 
@@ -227,9 +228,19 @@ def download_and_prepare(data_dir=None, *, size: int = 64, mirror: str | None = 
     if read_manifest(final) is not None and not force:
         log(f"[{NAME}] {size} px already prepared in {final} (use --force to prepare it again)")
         return root
+    with dataset_lock(data_dir, NAME, log):
+        if read_manifest(final) is not None and not force:
+            log(f"[{NAME}] {size} px prepared meanwhile by another run, in {final}")
+            return root
+        return _prepare(data_dir, root, final, remote, size=size, progress=progress, keep_archives=keep_archives,
+                        opener=opener, log=log)
+
+
+def _prepare(data_dir: Path, root: Path, final: Path, remote: RemoteFile, *, size, progress, keep_archives, opener,
+             log) -> Path:
     log(f"[{NAME}] {INFO[NAME].title}\n[{NAME}] licence: {INFO[NAME].licence}")
     archive = fetch(remote, data_dir / "downloads" / NAME, dataset=NAME, progress=progress, opener=opener, log=log)
-    with atomic_directory(final) as tmp:
+    with atomic_directory(final, exclusive=True) as tmp:  # under dataset_lock
         _link_or_copy(archive, tmp / archive.name)
         with np.load(tmp / archive.name, allow_pickle=False) as z:
             counts = {s: int(len(z[f"{s}_labels"])) for s in SPLITS}

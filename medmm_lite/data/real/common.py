@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...utils import atomic_write_bytes, cache_dir
+from ...utils import (STALE_SECONDS, _HOST, _pid_alive, atomic_write_bytes, cache_dir, current_umask,
+                      file_lock)
 from ..findings import FINDINGS, LAB_NAMES
 from .download import SYNTHETIC_HINT
 
@@ -265,33 +268,69 @@ def make_cohort(images: np.ndarray, *, reports, labels: np.ndarray, patient_ids,
 # prepared datasets on disk: atomic, with a licence and a manifest
 # ----------------------------------------------------------------------------------------------
 
+_TMP_DIR = r"\.{name}\.tmp-(?:old-)?(?:(?P<host>[A-Za-z0-9]*)-(?P<pid>\d+)-)?.+"
+
+
+def _remove_stale_directories(final: Path, exclusive: bool) -> None:
+    """Remove the ``.NAME.tmp-*`` folders of runs that were killed: those of a dead process of
+    this machine, and others (another machine, an older version) untouched for an hour, or at
+    once when ``exclusive`` (the caller holds :func:`dataset_lock`, so no other preparation is
+    running). A live process's folder on this machine is never touched."""
+    pattern = re.compile(_TMP_DIR.format(name=re.escape(final.name)))
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        m = pattern.fullmatch(stale.name)
+        if m is None:
+            continue
+        try:
+            if m.group("pid") is not None and m.group("host") == _HOST:
+                dead = int(m.group("pid")) != os.getpid() and not _pid_alive(int(m.group("pid")))
+            else:
+                dead = exclusive or time.time() - stale.stat().st_mtime > STALE_SECONDS
+        except OSError:
+            continue
+        if dead:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def atomic_directory(final: str | os.PathLike):
+def atomic_directory(final: str | os.PathLike, *, exclusive: bool = False):
     """Build a directory under a temporary name and move it to ``final`` only when the block
     finishes. An interruption (error, Ctrl-C, killed process) leaves ``final`` as it was (absent,
     or the previous complete version), never half-written; leftovers of a killed run are
-    ``.NAME.tmp-*`` siblings that the next run removes.
+    ``.NAME.tmp-HOST-PID-*`` siblings that the next run removes (never a live run's).
+    ``exclusive=True`` says the caller holds :func:`dataset_lock`: then every leftover of
+    another machine or an older version is known dead and removed too.
 
-        with atomic_directory(root / "iu_xray") as tmp:
+        with dataset_lock(data_dir, "iu_xray"), atomic_directory(root / "iu_xray", exclusive=True) as tmp:
             ... write everything into tmp ...
+
+    The folder is created readable by others as the umask allows (``mkdtemp`` alone gives 0700).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):     # from a run that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    _remove_stale_directories(final, exclusive)
+    owner = f"{_HOST}-{os.getpid()}-"
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-{owner}"))
+    os.chmod(tmp, 0o777 & ~current_umask())
     try:
         yield tmp
         old = None
         if final.exists():
-            old = final.with_name(f".{final.name}.tmp-old-{os.getpid()}")
-            os.replace(final, old)
+            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-old-{owner}"))
+            os.replace(final, old)  # an empty directory is replaced by the rename
         os.replace(tmp, final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def dataset_lock(data_dir, name: str, log=print):
+    """One preparation of dataset ``name`` in ``data_dir`` at a time (a file lock): a second run
+    started meanwhile waits, then finds the dataset prepared (or its downloads verified)."""
+    return file_lock(Path(data_dir) / ".locks" / f"{name}.lock", f"preparing {name} in this folder",
+                     log=(lambda message: log(f"[{name}] {message}")) if log else None)
 
 
 def write_card(directory: Path, name: str, files: dict, extra: dict | None = None) -> dict:

@@ -9,7 +9,14 @@ gigabytes each) and come from servers that sometimes drop connections. So:
 * **Checksummed.** Where the source publishes a checksum (MedMNIST's MD5s) the file must
   match it. Where it does not, the first complete download's size and SHA-256 are recorded
   in ``CHECKSUMS.json`` beside the file ("trust on first use"), and every later run checks
-  the file against that record. A file that fails its check is deleted and fetched again.
+  the file against that record. A file that fails its check is deleted and fetched again,
+  and the new download must match the record too: a source that now serves other bytes is
+  a :class:`ChecksumError` that says what changed, never a silently replaced record. Accept
+  a changed upstream file deliberately with ``accept_new_checksum=True`` (the prepare
+  scripts' ``--accept-new-checksum``).
+* **One download at a time.** Two processes fetching the same file take turns (a file lock
+  beside it); the second finds the first one's verified file instead of writing into the
+  same ``.part``.
 * **Detected truncation.** A response shorter than its ``Content-Length`` is an incomplete
   download, not a finished one: it stays a ``.part`` and is resumed.
 * **Never re-downloaded when valid.** A present file that passes its check is used as is.
@@ -138,7 +145,7 @@ def verify(path: str | os.PathLike, remote: RemoteFile, progress: bool = False) 
 
 def fetch(remote: RemoteFile, directory: str | os.PathLike, *, dataset: str, progress: bool = True,
           opener: urllib.request.OpenerDirector | None = None, retries: int = 4, timeout: float = 60.0,
-          backoff: float = 2.0, log: Callable[[str], None] = print) -> Path:
+          backoff: float = 2.0, log: Callable[[str], None] = print, accept_new_checksum: bool = False) -> Path:
     """Make ``directory / remote.filename`` a verified copy of ``remote`` and return its path.
 
     A valid file already there is returned without touching the network. Otherwise the file is
@@ -146,9 +153,24 @@ def fetch(remote: RemoteFile, directory: str | os.PathLike, *, dataset: str, pro
     place; the record of its size and SHA-256 is written for sources that publish no checksum.
     A checksum failure discards the bytes and downloads once more from scratch before giving up
     with :class:`ChecksumError`. ``dataset`` names the dataset in error messages.
+
+    For a source without a published checksum, a new download must match the size and SHA-256
+    recorded for the first one; if the source now serves another file, that is a
+    :class:`ChecksumError` naming both, and the new bytes stay in ``NAME.part``.
+    ``accept_new_checksum=True`` accepts them (and records them) deliberately.
     """
+    from ...utils import file_lock
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    with file_lock(directory / f".{remote.filename}.lock", f"downloading {remote.filename}",
+                   log=lambda message: log(f"[{dataset}] {message}")):
+        return _fetch(remote, directory, dataset=dataset, progress=progress, opener=opener, retries=retries,
+                      timeout=timeout, backoff=backoff, log=log, accept_new_checksum=accept_new_checksum)
+
+
+def _fetch(remote: RemoteFile, directory: Path, *, dataset, progress, opener, retries, timeout, backoff, log,
+           accept_new_checksum) -> Path:
     final = directory / remote.filename
     part = final.with_name(final.name + ".part")
 
@@ -166,23 +188,60 @@ def fetch(remote: RemoteFile, directory: str | os.PathLike, *, dataset: str, pro
         log(f"[{dataset}] {final.name}: {why}; fetching it again")
         final.unlink()
 
+    record = None if remote.published else _read_records(directory).get(remote.filename)
+    if record is not None and accept_new_checksum:
+        log(f"[{dataset}] {remote.filename}: accepting whatever the source serves now (--accept-new-checksum); "
+            f"the record of {record.get('recorded_at', 'an earlier download')} will be replaced")
+        record = None
     opener = opener or urllib.request.build_opener()
     for attempt_from_scratch in (False, True):
         _download(remote, part, dataset=dataset, opener=opener, retries=retries, timeout=timeout,
                   backoff=backoff, progress=progress, log=log)
         ok, why = _check_new_download(part, remote)
+        changed = None
+        if ok and record is not None:
+            changed = _differs_from_record(part, record)
+            ok = changed is None
+            why = why if ok else changed
         if ok:
             os.replace(part, final)
             if not remote.published:
-                _record(final, remote, source="recorded on first download (the source publishes no checksum)")
+                source = ("recorded on first download (the source publishes no checksum)" if not accept_new_checksum
+                          else "accepted deliberately (--accept-new-checksum) after the source changed the file")
+                _record(final, remote, source=source)
             return final
+        if changed is not None and attempt_from_scratch:
+            break                      # keep the .part: --accept-new-checksum uses it without downloading again
         part.unlink(missing_ok=True)
         if not attempt_from_scratch:
             log(f"[{dataset}] {remote.filename}: {why}; discarding it and downloading again from scratch")
+    if changed is not None:
+        raise ChecksumError(
+            f"{dataset}: {remote.filename} from {remote.url} is not the file recorded in "
+            f"{directory.name}/{RECORD_NAME} (twice, so it is not a broken transfer): {changed}. The source "
+            "publishes no checksum, so this cannot tell an updated release from a damaged or altered file. If "
+            "you trust that the source updated it, accept the new file deliberately: run the prepare script again "
+            "with --accept-new-checksum (or download_and_prepare(..., accept_new_checksum=True)); the new bytes are "
+            f"kept as {part.name} and recorded then. Otherwise try again later or from another network (or a "
+            f"--mirror). {SYNTHETIC_HINT}")
     raise ChecksumError(
         f"{dataset}: {remote.filename} downloaded from {remote.url} twice and failed its check both times: {why}. "
         "The source may have changed the file, or a proxy may be altering it. Try again later or from another "
         f"network (or pass a mirror with --mirror). {SYNTHETIC_HINT}")
+
+
+def _differs_from_record(path: Path, record: dict) -> str | None:
+    """How the file at ``path`` differs from ``record`` (size, SHA-256), or None if it does not."""
+    size = path.stat().st_size
+    when = record.get("recorded_at", "an earlier download")
+    if record.get("size") is not None and size != record["size"]:
+        return (f"it is {size:,} bytes now, {record['size']:,} bytes when first downloaded ({when}, SHA-256 "
+                f"{str(record.get('sha256'))[:16]}...)")
+    sha = file_digests(path, ("sha256",))["sha256"]
+    if record.get("sha256") and sha != record["sha256"]:
+        return (f"its SHA-256 is {sha[:16]}... now, {record['sha256'][:16]}... when first downloaded ({when}; "
+                f"same size, {size:,} bytes)")
+    return None
 
 
 def _validate_only(path: Path, remote: RemoteFile) -> tuple[bool, str]:

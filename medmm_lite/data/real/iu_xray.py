@@ -43,7 +43,7 @@ import numpy as np
 
 from ..findings import FINDINGS
 from .common import (INFO, atomic_directory, check_image_size, check_n_studies, choose_subset, data_root,
-                     default_root, make_cohort, not_available, read_manifest, to_square, write_card)
+                     dataset_lock, default_root, make_cohort, not_available, read_manifest, to_square, write_card)
 from .download import RemoteFile, fetch
 
 NAME = "iu_xray"
@@ -303,16 +303,27 @@ def _safe_extract(archive: Path, into: Path, progress: bool) -> None:
 
 
 def download_and_prepare(data_dir=None, *, mirror: str | None = None, force: bool = False, progress: bool = True,
-                         keep_archives: bool = True, opener=None, log=print) -> Path:
+                         keep_archives: bool = True, opener=None, log=print, accept_new_checksum: bool = False) -> Path:
     """Download Open-I's two archives into ``DATA_DIR/downloads/iu_xray`` (resumable, checked),
     extract them into ``DATA_DIR/iu_xray`` atomically, and write LICENSE.txt and MANIFEST.json.
     Returns the dataset folder (the ``root`` of :func:`load_iu_xray`). ``mirror`` replaces
-    the base URL (``MIRROR/NLMCXR_png.tgz``...)."""
+    the base URL (``MIRROR/NLMCXR_png.tgz``...). Open-I publishes no checksum: a download that
+    differs from the one first recorded is an error unless ``accept_new_checksum``. Two runs at
+    once take turns (the second finds the dataset prepared)."""
     data_dir = Path(data_dir) if data_dir is not None else data_root()
     final = data_dir / NAME
     if read_manifest(final) is not None and not force:
         log(f"[{NAME}] already prepared in {final} (use --force to prepare it again)")
         return final
+    with dataset_lock(data_dir, NAME, log):
+        if read_manifest(final) is not None and not force:
+            log(f"[{NAME}] prepared meanwhile by another run, in {final}")
+            return final
+        return _prepare(data_dir, final, mirror=mirror, progress=progress, keep_archives=keep_archives,
+                        opener=opener, log=log, accept_new_checksum=accept_new_checksum)
+
+
+def _prepare(data_dir: Path, final: Path, *, mirror, progress, keep_archives, opener, log, accept_new_checksum):
     log(f"[{NAME}] {INFO[NAME].title}\n[{NAME}] licence: {INFO[NAME].licence}")
     downloads = data_dir / "downloads" / NAME
     archives = []
@@ -320,8 +331,9 @@ def download_and_prepare(data_dir=None, *, mirror: str | None = None, force: boo
         if mirror:
             remote = RemoteFile(f"{mirror.rstrip('/')}/{remote.filename}", remote.filename, remote.md5,
                                 remote.sha256, remote.size, remote.validate)
-        archives.append(fetch(remote, downloads, dataset=NAME, progress=progress, opener=opener, log=log))
-    with atomic_directory(final) as tmp:
+        archives.append(fetch(remote, downloads, dataset=NAME, progress=progress, opener=opener, log=log,
+                              accept_new_checksum=accept_new_checksum))
+    with atomic_directory(final, exclusive=True) as tmp:  # under dataset_lock
         for archive in archives:
             _safe_extract(archive, tmp, progress)
         pairing = scan(tmp)

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from .common import (INFO, atomic_directory, check_image_size, check_n_studies, choose_subset, data_root,
-                     default_root, not_available, read_manifest, to_square, write_card)
+                     dataset_lock, default_root, not_available, read_manifest, to_square, write_card)
 from .download import RemoteFile, fetch
 
 NAME = "ixi"
@@ -183,19 +183,8 @@ def load_ixi_arrays(root=None) -> dict:
                                         "with --force") from err
 
 
-def load_ixi(root=None, image_size: int = 64, n_studies: int | None = None, seed: int = 0, *,
-             slices: str = "center"):
-    """IXI as MRIPhantoms (see the module docstring). ``n_studies`` caps the number of
-    *subjects* (a random subset for ``seed``); ``slices="center"`` keeps each subject's middle
-    slice (one row per subject, so rows are independent), ``"all"`` every prepared slice
-    (rows of one subject are then not independent: split by subject, see load_ixi_arrays)."""
-    from ..mri import MRIPhantoms
-
-    image_size = check_image_size(image_size)
-    n_studies = check_n_studies(n_studies)
-    if slices not in ("center", "all"):
-        raise ValueError(f"slices must be 'center' or 'all', got {slices!r}")
-    a = load_ixi_arrays(root)
+def _rows(a: dict, n_studies, seed: int, slices: str) -> list:
+    """The prepared slices :func:`load_ixi` returns, in its row order."""
     subjects = np.unique(a["subject"])
     chosen = set(subjects[choose_subset(len(subjects), n_studies, seed)].tolist())
     rows = [i for i in range(len(a["subject"])) if a["subject"][i] in chosen]
@@ -206,6 +195,54 @@ def load_ixi(root=None, image_size: int = 64, n_studies: int | None = None, seed
             if s not in best or abs(a["offset_mm"][i]) < abs(a["offset_mm"][best[s]]):
                 best[s] = i
         rows = sorted(best.values())
+    return rows
+
+
+def subject_ids(root=None, n_studies: int | None = None, seed: int = 0, *, slices: str = "center") -> np.ndarray:
+    """The subject ("IXI002") of each row of ``load_ixi(root, n_studies=..., seed=..., slices=...)``,
+    for splitting by subject (:func:`subject_split`) when ``slices="all"`` gives several rows each."""
+    n_studies = check_n_studies(n_studies)
+    if slices not in ("center", "all"):
+        raise ValueError(f"slices must be 'center' or 'all', got {slices!r}")
+    a = load_ixi_arrays(root)
+    return np.asarray(a["subject"])[_rows(a, n_studies, seed, slices)]
+
+
+def subject_split(subjects, fractions=(0.7, 0.1, 0.2), seed: int = 0) -> dict:
+    """``{"train", "val", "test"}`` row indices with every subject's rows on one side (slices of one
+    head are not independent). ``subjects``: one id per row, e.g. :func:`subject_ids`."""
+    subjects = np.asarray(subjects)
+    fractions = np.asarray(fractions, float)
+    if fractions.shape != (3,) or (fractions <= 0).any() or abs(fractions.sum() - 1) > 1e-6:
+        raise ValueError(f"fractions must be three positive numbers (train, val, test) summing to 1, got "
+                         f"{tuple(fractions.tolist())}")
+    unique = np.unique(subjects)
+    if len(unique) < 3:
+        raise ValueError(f"a train/val/test split by subject needs at least 3 subjects, got {len(unique)}")
+    order = np.random.default_rng(seed).permutation(unique)
+    n_val = max(1, int(round(fractions[1] * len(unique))))
+    n_test = max(1, int(round(fractions[2] * len(unique))))
+    n_train = max(1, len(unique) - n_val - n_test)
+    n_val = len(unique) - n_train - n_test
+    groups = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    return {name: np.nonzero(np.isin(subjects, members))[0] for name, members in groups.items()}
+
+
+def load_ixi(root=None, image_size: int = 64, n_studies: int | None = None, seed: int = 0, *,
+             slices: str = "center"):
+    """IXI as MRIPhantoms (see the module docstring). ``n_studies`` caps the number of
+    *subjects* (a random subset for ``seed``); ``slices="center"`` keeps each subject's middle
+    slice (one row per subject, so any split of the rows is a split by subject), ``"all"`` every
+    prepared slice (rows of one subject are then not independent: split them with
+    ``subject_split(subject_ids(root, n_studies, seed, slices="all"))``)."""
+    from ..mri import MRIPhantoms
+
+    image_size = check_image_size(image_size)
+    n_studies = check_n_studies(n_studies)
+    if slices not in ("center", "all"):
+        raise ValueError(f"slices must be 'center' or 'all', got {slices!r}")
+    a = load_ixi_arrays(root)
+    rows = _rows(a, n_studies, seed, slices)
 
     def stack(key):
         resized = np.stack([to_square(a[key][i], image_size) for i in rows])
@@ -226,12 +263,12 @@ def load_ixi(root=None, image_size: int = 64, n_studies: int | None = None, seed
 def download_and_prepare(data_dir=None, *, contrasts=("T1", "T2"), size: int = 128, slices_per_subject: int = 1,
                          spacing_mm: float = 5.0, max_subjects: int | None = None, mirror: str | None = None,
                          force: bool = False, progress: bool = True, keep_archives: bool = True, opener=None,
-                         log=print) -> Path:
+                         log=print, accept_new_checksum: bool = False) -> Path:
     """Download the tarballs of ``contrasts`` (T1 and T2 always; PD if asked), pair each
     subject's volumes into ``slices_per_subject`` axial slices at ``size`` px, and write them
-    with LICENSE.txt and MANIFEST.json to ``DATA_DIR/ixi`` atomically."""
-    from tqdm.auto import tqdm
-
+    with LICENSE.txt and MANIFEST.json to ``DATA_DIR/ixi`` atomically. IXI publishes no
+    checksum: a download that differs from the one first recorded is an error unless
+    ``accept_new_checksum``. Two runs at once take turns."""
     require_nibabel()                 # before downloading gigabytes, not after
     contrasts = tuple(dict.fromkeys(("T1", "T2") + tuple(c.upper() for c in contrasts)))
     for c in contrasts:
@@ -245,9 +282,23 @@ def download_and_prepare(data_dir=None, *, contrasts=("T1", "T2"), size: int = 1
     if read_manifest(final) is not None and not force:
         log(f"[{NAME}] already prepared in {final} (use --force to prepare it again)")
         return final
+    with dataset_lock(data_dir, NAME, log):
+        if read_manifest(final) is not None and not force:
+            log(f"[{NAME}] prepared meanwhile by another run, in {final}")
+            return final
+        return _prepare(data_dir, final, contrasts=contrasts, size=size, slices_per_subject=slices_per_subject,
+                        spacing_mm=spacing_mm, max_subjects=max_subjects, mirror=mirror, progress=progress,
+                        keep_archives=keep_archives, opener=opener, log=log,
+                        accept_new_checksum=accept_new_checksum)
+
+
+def _prepare(data_dir: Path, final: Path, *, contrasts, size, slices_per_subject, spacing_mm, max_subjects, mirror,
+             progress, keep_archives, opener, log, accept_new_checksum) -> Path:
+    from tqdm.auto import tqdm
+
     log(f"[{NAME}] {INFO[NAME].title}\n[{NAME}] licence: {INFO[NAME].licence}")
     tars = {c: fetch(remote_file(c, mirror), data_dir / "downloads" / NAME, dataset=NAME, progress=progress,
-                     opener=opener, log=log) for c in contrasts}
+                     opener=opener, log=log, accept_new_checksum=accept_new_checksum) for c in contrasts}
     index = {c: index_tar(p) for c, p in tars.items()}
     subjects = sorted(set.intersection(*(set(i) for i in index.values())))
     if max_subjects is not None:
@@ -285,7 +336,7 @@ def download_and_prepare(data_dir=None, *, contrasts=("T1", "T2"), size: int = 1
     arrays["subject"] = np.array(meta["subject"])
     arrays["site"] = np.array(meta["site"])
     arrays["offset_mm"] = np.array(meta["offset_mm"], np.float32)
-    with atomic_directory(final) as tmp:
+    with atomic_directory(final, exclusive=True) as tmp:  # under dataset_lock
         with open(tmp / SLICES_FILE, "wb") as f:
             np.savez_compressed(f, **arrays)
         write_card(tmp, NAME, {p.name: {"size": p.stat().st_size, "url": remote_file(c, mirror).url}

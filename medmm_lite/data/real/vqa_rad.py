@@ -35,7 +35,7 @@ import numpy as np
 
 from ..findings import FINDINGS
 from .common import (INFO, atomic_directory, check_image_size, check_n_studies, choose_subset, data_root,
-                     default_root, make_cohort, not_available, read_manifest, to_square, write_card)
+                     dataset_lock, default_root, make_cohort, not_available, read_manifest, to_square, write_card)
 from .download import RemoteFile, fetch
 
 NAME = "vqa_rad"
@@ -242,19 +242,31 @@ def arrange(extracted: Path, into: Path) -> None:
 
 
 def download_and_prepare(data_dir=None, *, mirror: str | None = None, force: bool = False, progress: bool = True,
-                         keep_archives: bool = True, opener=None, log=print) -> Path:
+                         keep_archives: bool = True, opener=None, log=print, accept_new_checksum: bool = False) -> Path:
     """Download the OSF project as one zip, extract the JSON and image folder into
     ``DATA_DIR/vqa_rad`` atomically, check that they load, and write LICENSE.txt and
-    MANIFEST.json. ``mirror`` is the URL of a zip with the same content."""
+    MANIFEST.json. ``mirror`` is the URL of a zip with the same content. OSF publishes no
+    checksum: a download that differs from the one first recorded is an error unless
+    ``accept_new_checksum``. Two runs at once take turns."""
     data_dir = Path(data_dir) if data_dir is not None else data_root()
     final = data_dir / NAME
     if read_manifest(final) is not None and not force:
         log(f"[{NAME}] already prepared in {final} (use --force to prepare it again)")
         return final
+    with dataset_lock(data_dir, NAME, log):
+        if read_manifest(final) is not None and not force:
+            log(f"[{NAME}] prepared meanwhile by another run, in {final}")
+            return final
+        return _prepare(data_dir, final, mirror=mirror, progress=progress, keep_archives=keep_archives,
+                        opener=opener, log=log, accept_new_checksum=accept_new_checksum)
+
+
+def _prepare(data_dir: Path, final: Path, *, mirror, progress, keep_archives, opener, log, accept_new_checksum):
     log(f"[{NAME}] {INFO[NAME].title}\n[{NAME}] licence: {INFO[NAME].licence}")
     remote = RemoteFile(mirror, REMOTE.filename, validate=_check_zip) if mirror else REMOTE
-    archive = fetch(remote, data_dir / "downloads" / NAME, dataset=NAME, progress=progress, opener=opener, log=log)
-    with atomic_directory(final) as tmp:
+    archive = fetch(remote, data_dir / "downloads" / NAME, dataset=NAME, progress=progress, opener=opener, log=log,
+                    accept_new_checksum=accept_new_checksum)
+    with atomic_directory(final, exclusive=True) as tmp:  # under dataset_lock
         _safe_unzip(archive, tmp / "_extracted")
         arrange(tmp / "_extracted", tmp)
         shutil.rmtree(tmp / "_extracted")
