@@ -207,6 +207,27 @@ def fetch_batch(dataset, indices: list[int], collate_fn=None):
     return (collate_fn or default_collate)([dataset[i] for i in indices])
 
 
+def describe_non_finite(batch, indices) -> str | None:
+    """Where a batch holds NaN or infinite values, e.g. "batch['image']: 1 NaN, in dataset index 5"."""
+    if isinstance(batch, Mapping):
+        named = [(f"batch[{k!r}]", v) for k, v in batch.items()]
+    elif isinstance(batch, (list, tuple)):
+        named = [(f"batch[{i}]", v) for i, v in enumerate(batch)]
+    else:
+        named = [("batch", batch)]
+    found = []
+    for name, value in named:
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+            continue
+        bad = ~torch.isfinite(value)
+        if bad.any():
+            rows = bad.reshape(len(value), -1).any(1).nonzero().flatten().tolist() if value.ndim else []
+            where = ", ".join(str(int(indices[r])) for r in rows[:5]) if len(indices) == len(value) else "?"
+            nans = int(torch.isnan(value).sum())
+            found.append(f"{name}: {nans} NaN, {int(bad.sum()) - nans} inf, in dataset index {where}")
+    return "; ".join(found) or None
+
+
 def move_to_device(batch, device, channels_last: bool = False):
     """Move every tensor inside dicts, lists and tuples to ``device``; leave everything else.
 
@@ -689,6 +710,13 @@ def fit(model: nn.Module, loss_fn, dataset, *, steps: int, batch_size: int, lr: 
         losses, extra = values[:len(pending)], iter(values[len(pending):])
         for (step, step_lr, _, logs), loss in zip(pending, losses):
             if math.isnan(loss) or (math.isinf(loss) and not scaler.is_enabled()):
+                indices = plan(step)
+                bad_input = describe_non_finite(fetch_batch(dataset, indices, collate_fn), indices)
+                if bad_input:
+                    raise FloatingPointError(
+                        f"the training loss became {loss} at step {step}: its batch holds non-finite input "
+                        f"({bad_input}), so the data, not the learning rate, is the problem; find such samples "
+                        "with torch.isfinite(x).all() and fix or drop them")
                 raise FloatingPointError(
                     f"the training loss became {loss} at step {step}: training diverged. Lower lr "
                     f"(now {lr}), keep grad_clip on, or look for a log of 0 / division by 0 in the loss")

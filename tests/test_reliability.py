@@ -613,7 +613,6 @@ def test_cli_unwritable_out_fails_before_training_starts(tmp_path, capsys, monke
 
 
 # ---------------------------------------------------------------------------- fit
-@pytest.mark.xfail(reason="owned by the fit restructure", strict=True)
 def test_fit_with_a_nan_image_names_the_batch_not_the_learning_rate():
     from medmm_lite.train import fit
 
