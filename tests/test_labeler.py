@@ -3,6 +3,8 @@
 Each case is a report and the labels a reader following CheXpert's conventions
 would give it (1 positive, 0 negative, -1 uncertain, absent = not mentioned;
 "No Finding" 1 when nothing but support devices is abnormal, else absent).
+Issue 22's real report language (``REAL_LANGUAGE_CASES``), English only, linear
+time, and the development sets' agreement and F1 (``labeler_devset.py``) follow.
 """
 import numpy as np
 import pytest
@@ -268,3 +270,153 @@ def test_reads_the_synthetic_grammar():
                 assert label_report(hedged).get(finding) == -1, hedged
     for impression in grammar.NO_FINDING_IMPRESSIONS:
         assert label_report(impression) == {NF: 1}
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 22: real report language. Each pattern the issue lists, and its neighbours.
+# --------------------------------------------------------------------------------------------
+
+REAL_LANGUAGE_CASES = [
+    # "no visualized X" (a participle before the finding is an adjective, not the clause's verb)
+    ("No visualized pneumothorax.", {PTX: 0, NF: 1}),
+    ("No visualized consolidation.", {CONS: 0, NF: 1}),
+    ("No demonstrated pleural effusion.", {PE: 0, NF: 1}),
+    ("No pneumothorax is visualized.", {PTX: 0, NF: 1}),
+    # a size or quality word inside a negated list that still ends with "or"
+    ("No focal consolidation, suspicious pulmonary opacity, large pleural effusion, or pneumothorax is identified.",
+     {CONS: 0, PE: 0, PTX: 0, NF: 1}),
+    ("No focal consolidation, large effusion, or pneumothorax.", {CONS: 0, PE: 0, PTX: 0, NF: 1}),
+    ("No pneumothorax or large pleural effusion.", {PTX: 0, PE: 0, NF: 1}),
+    ("No effusion, small pneumothorax.", {PE: 0, PTX: 1}),                # no closing "or": a new item
+    # "without" and its list
+    ("The lungs are clear without focal pneumonic consolidation, large effusion or pneumothorax.",
+     {CONS: 0, PE: 0, PTX: 0, NF: 1}),
+    ("Mild vascular congestion without overt pulmonary edema.", {ED: -1}),  # congestion itself is hedged
+    # conjunctions after a negation: "or" is not a hedge there
+    ("The chest x-ray does not demonstrate any evidence of pulmonary infiltrate or edema.", {ED: 0, NF: 1}),
+    ("The radiograph does not show pneumothorax or pleural effusion.", {PTX: 0, PE: 0, NF: 1}),
+    ("Neither pleural effusion nor pneumothorax.", {PE: 0, PTX: 0, NF: 1}),
+    ("No pleural effusion and no pneumothorax.", {PE: 0, PTX: 0, NF: 1}),
+    # "differential includes / including"
+    ("Differential diagnosis including pneumonia, aspiration and pulmonary edema.", {ED: -1}),
+    ("Findings could reflect infection, with differential diagnosis including pulmonary edema.", {ED: -1}),
+    ("The differential diagnosis includes pulmonary edema.", {ED: -1}),
+    ("Differential considerations include atelectasis.", {ATEL: -1}),
+    # "difficult to (entirely) exclude"
+    ("Pulmonary edema difficult to entirely exclude.", {ED: -1}),
+    ("Pulmonary edema is difficult to exclude.", {ED: -1}),
+    ("It is difficult to completely exclude a small pneumothorax.", {PTX: -1}),
+    ("Pneumothorax is not entirely excluded.", {PTX: -1}),
+    # comparison phrases, as CheXpert reads them: a stable or similar heart size is uncertain,
+    # unless the sentence also says normal or enlarged; a stable finding is still present
+    ("Heart size is similar to comparison exam and within normal limits.", {CM: 0, NF: 1}),
+    ("Heart size similar to the comparison exam and within normal limits.", {CM: 0, NF: 1}),
+    ("Heart size is unchanged and normal.", {CM: 0, NF: 1}),
+    ("The cardiac silhouette is similar to prior.", {CM: -1}),
+    ("Heart size is stable.", {CM: -1}),
+    ("Heart size remains mildly enlarged.", {CM: 1}),
+    ("Cardiomegaly is similar to prior.", {CM: 1}),
+    ("Stable mild cardiomegaly.", {CM: 1}),
+    ("Small bilateral pleural effusions are unchanged.", {PE: 1}),
+    ("Similar appearance of the small left pleural effusion.", {PE: 1}),
+    # structured fields
+    ("Lines/tubes: None.", {SD: 0, NF: 1}),
+    ("Heart: Normal size. Pleura: No effusion or pneumothorax.", {CM: 0, PE: 0, PTX: 0, NF: 1}),
+    # sections: history-like ones are skipped as before
+    ("CLINICAL HISTORY: Pneumonia, effusion? FINDINGS: No visualized pneumothorax.", {PTX: 0, NF: 1}),
+    ("INDICATION: Evaluate for pneumothorax. IMPRESSION: No pneumothorax or large pleural effusion.",
+     {PTX: 0, PE: 0, NF: 1}),
+]
+
+
+@pytest.mark.parametrize("text,expected", REAL_LANGUAGE_CASES, ids=[t[:60] for t, _ in REAL_LANGUAGE_CASES])
+def test_real_report_language(text, expected):
+    got = label_report(text)
+    explain = [(m.finding, m.label, m.phrase, m.reason) for m in extract_mentions(text)]
+    assert got == expected, f"{text!r}\n got {got}\n want {expected}\n mentions {explain}"
+
+
+@pytest.mark.parametrize("text", [
+    "Pas de pneumothorax.",
+    "Kein Pleuraerguss. Herz vergrößert.",
+    "No hay derrame pleural ni neumotórax.",
+    "Nessun versamento pleurico. Cuore di dimensioni normali.",
+    "Geen pleuravocht, geen pneumothorax.",
+    "Épanchement pleural gauche de faible abondance.",
+])
+def test_non_english_text_gives_no_labels(text):
+    """Text without English clinical vocabulary gets no labels at all, not "No Finding"."""
+    assert label_report(text) == {}
+    assert extract_mentions(text) == []
+    assert labels_matrix([text]).sum() == 0
+
+
+def test_english_sentences_of_a_mixed_report_are_read():
+    assert label_report("Pas de pneumothorax. Small left pleural effusion.") == {PE: 1}
+    assert label_report("Kein Pleuraerguss. No pneumothorax.") == {PTX: 0, NF: 1}
+
+
+def test_docstrings_say_the_labeler_reads_english():
+    import medmm_lite.eval.labeler as labeler
+    assert "English" in labeler.__doc__ and "English" in label_report.__doc__
+
+
+def _long_report(n_chars: int, seed: int = 0) -> str:
+    """A report of real-style clauses joined by commas and "and", with no full stop anywhere."""
+    clauses = ["no pleural effusion or pneumothorax", "small left pleural effusion", "heart size is normal",
+               "possible consolidation at the left base", "mild pulmonary edema", "no acute osseous abnormality",
+               "the lungs are clear without focal consolidation, large effusion or pneumothorax",
+               "endotracheal tube terminates 4 cm above the carina", "cannot exclude a small pneumothorax",
+               "bibasilar atelectasis", "stable cardiomegaly", "right upper lobe nodule"]
+    rng = np.random.default_rng(seed)
+    parts, size = [], 0
+    while size < n_chars:
+        parts.append(f"{clauses[rng.integers(len(clauses))]} {rng.integers(1, 100)}")
+        parts.append(", " if rng.random() < 0.7 else " and ")
+        size += len(parts[-2]) + len(parts[-1])
+    return "".join(parts)[:n_chars]
+
+
+def test_labelling_time_is_linear_in_report_length():
+    """Issue 22: 100,000 characters without a full stop took 79 s; now well under a second."""
+    import time
+    from medmm_lite.eval.labeler import _sentence_mentions
+    timings = {}
+    for n in (25_000, 100_000):
+        report = _long_report(n, seed=n)
+        assert len(report) == n and "." not in report
+        _sentence_mentions.cache_clear()  # no help from sentences labelled before
+        start = time.perf_counter()
+        labels = label_report(report)
+        timings[n] = time.perf_counter() - start
+        assert labels[PE] == 1 and labels[SD] == 1
+    assert timings[100_000] < 1.0, timings
+    assert timings[100_000] < 8 * timings[25_000] + 0.05, timings  # 4x the text, about 4x the time
+
+
+# --------------------------------------------------------------------------------------------
+# The development sets (tests/labeler_devset.py): agreement and F1 per finding, printed.
+# --------------------------------------------------------------------------------------------
+
+def test_development_sets_agreement_and_f1(capsys):
+    from labeler_devset import REAL_SET_PATH, compare, course_set, format_table, real_set
+    header = REAL_SET_PATH.read_text(encoding="utf-8").split("\n\n")[0]
+    assert "Source:" in header and "Licence:" in header
+    for title, cases in (("Real sentences, labels by someone else", real_set()),
+                         ("Course set (hand-labelled, real report style)", course_set())):
+        scores = compare(cases, library_python=None)
+        with capsys.disabled():
+            print("\n" + format_table(title, scores))
+        course = scores["course"]
+        assert course["macro_f1"] >= 0.90, course
+        assert all(v["f1"] >= 0.80 for v in course["per_finding"].values()), course["per_finding"]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("ET tube.", {SD: 1, NF: 1}),
+    ("ET tube in good position.", {SD: 1, NF: 1}),
+    ("De novo small left pleural effusion.", {PE: 1}),
+    ("Pectus excavatum deformity.", {}),   # English, an abnormality outside the nine labels
+])
+def test_english_with_foreign_looking_words_is_read(text, expected):
+    assert label_report(text) == expected
