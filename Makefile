@@ -1,10 +1,13 @@
 # Two commands set everything up on a fresh machine with Python 3.11 and make:
-#   make course   # install, run every lesson (PROFILE=auto) into build/lessons/, print the headline table
-#   make test     # install with [dev], run the whole test suite (library + every lesson in the smoke profile)
+#   make course   # install with [course], run every lesson (PROFILE=auto) into build/lessons/, print the headline table
+#   make test     # install with [dev], ruff check, then the whole test suite (library + every lesson in smoke)
 # Teaching (docs/instructors.md):
 #   make course PROFILE=cpu   # every lesson in one profile: fills the cache ($MEDMM_DATA) to copy to a room of laptops
 #   make exercises            # exercises/NN_name.ipynb: the lessons with solutions replaced by stubs, checks kept
 #   make book                 # build/book/: the lessons with their committed outputs as a static site
+# Maintainers:
+#   make colab-check          # a fresh venv shaped like Colab (tools/colab-constraints.txt): install as the
+#                             # setup cell does, assert no preinstalled package changed, run lessons 00 and 07
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -12,7 +15,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 # make course's profile: auto ($MEDMM_PROFILE, else gpu with CUDA, else cpu), smoke, cpu or gpu.
 PROFILE ?= auto
 
-.PHONY: course test browser lab notebooks exercises book benchmark clean
+.PHONY: course test lint colab-check browser lab notebooks exercises book benchmark clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,16 +25,31 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install -q -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) install -q -e ".[dev]"
+# [course]: the package and what running the lessons needs (papermill, jupytext, ipykernel, jupyterlab).
+$(VENV)/.installed-course: pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[course]"
 	touch $@ $(VENV)/.installed
 
-# Running lessons needs papermill, jupytext and ipykernel: the [dev] extras.
-course: $(VENV)/.installed-dev
+# [dev]: [course], the test tools, ruff and the reference libraries the tests compare against.
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[dev]"
+	touch $@ $(VENV)/.installed-course $(VENV)/.installed
+
+course: $(VENV)/.installed-course
 	$(PY) -m tools.lessons course --profile $(PROFILE)
 
+# Lint first (seconds), then the tests. The rule set is in pyproject.toml ([tool.ruff]).
 test: $(VENV)/.installed-dev browser
+	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(PY) -m ruff check .
+
+# Slow (a fresh venv with torch, then two lessons), so not part of make test: tools/colab_check.py.
+# Niced, one thread: it must not slow whatever else this machine runs.
+colab-check: $(VENV)/.installed-dev
+	OMP_NUM_THREADS=1 nice -n 19 $(PY) -m tools.colab_check $(COLAB_CHECK_ARGS)
 
 # tests/test_browser.py opens the lessons in JupyterLab in headless Chromium. Install Debian's
 # chromium where we can (root with apt-get); elsewhere that test skips and says why.
@@ -42,7 +60,7 @@ browser:
 	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; } ; } || \
 	  echo "make test: no chromium installed here; tests/test_browser.py will be skipped"
 
-lab: $(VENV)/.installed-dev
+lab: $(VENV)/.installed-course
 	$(VENV)/bin/jupyter lab notebooks/
 
 # Maintainers: re-execute lessons in the cpu profile and rewrite the committed notebooks.

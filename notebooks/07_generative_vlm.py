@@ -51,7 +51,7 @@ except ImportError:  # Colab: install the course's library once; Colab's torch i
     import subprocess
     import sys
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
-                           "medmm-lite @ git+https://github.com/medmm-course/medmm-course"])
+                           "medmm-lite @ git+https://github.com/medmm-course/medmm-course@v0.1.0"])
     import medmm_lite
 
 # %%

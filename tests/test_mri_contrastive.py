@@ -6,12 +6,10 @@ import torch
 import torch.nn.functional as F
 
 import medmm_lite
-from medmm_lite.data.tensors import TensorDictDataset
 from medmm_lite.eval import dice
 from medmm_lite.models import ViT
 from medmm_lite.objectives import clip_loss
 from medmm_lite.pretrain import mri_contrastive as MC
-from medmm_lite.train import fit
 
 
 def vit(seed=0):

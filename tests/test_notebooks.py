@@ -41,6 +41,13 @@ def check_results(results, table, where):
             problems.append(f"{name} = {value:.4g} < min {bound['min']}")
         if "max" in bound and value > bound["max"]:
             problems.append(f"{name} = {value:.4g} > max {bound['max']}")
+        # `above = "other"`: an ordering the lesson claims (more labels, better model)
+        if "above" in bound:
+            other = results.get(bound["above"])
+            if other is None:
+                problems.append(f"{name} must be above {bound['above']}, which is not recorded")
+            elif not value > other:
+                problems.append(f"{name} = {value:.4g} is not above {bound['above']} = {other:.4g}")
     assert not problems, f"{where}: " + "; ".join(problems)
 
 
@@ -122,3 +129,43 @@ def test_lesson_runs_in_smoke_profile(lesson, python3_kernel):
             assert text_of(cell.outputs) == text_of(ref.outputs), (
                 f"{lesson.name}: deterministic cell output changed:\n{cell.source[:200]}")
     out.unlink(missing_ok=True)
+
+
+def test_sync_urls_moves_the_repository_without_rebuilding_a_notebook(tmp_path):
+    """A fork's one command: `sync-urls NEW_URL` on a copy of the repository leaves the pair, header,
+    committed-run, exercise and release-tag tests green, and every committed output as it was."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "repo"
+    for name in ("notebooks", "exercises", "tools"):
+        shutil.copytree(L.ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "CITATION.cff", "medmm_lite/__init__.py", "tests/conftest.py",
+                 "tests/test_notebooks.py", "tests/test_exercises.py", "tests/test_packaging.py"):
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(L.ROOT / name, copy / name)
+    before = {p.name: nbformat.read(p, as_version=4) for p in (copy / "notebooks").glob("*.ipynb")}
+
+    new = "https://github.com/someone-else/medmm-fork"
+    subprocess.run([sys.executable, "-m", "tools.lessons", "sync-urls", new], cwd=copy, check=True,
+                   capture_output=True, text=True)
+
+    assert f'Repository = "{new}"' in (copy / "pyproject.toml").read_text()
+    for name, old in before.items():
+        nb = nbformat.read(copy / "notebooks" / name, as_version=4)
+        assert [c.get("outputs") for c in nb.cells] == [c.get("outputs") for c in old.cells], f"{name}: outputs changed"
+        assert nb.metadata == old.metadata, f"{name}: metadata changed"
+        text = (copy / "notebooks" / name).read_text()
+        assert f"git+{new}@v" in text and "colab.research.google.com/github/someone-else/medmm-fork/" in text
+        assert "medmm-course/medmm-course" not in text
+    for path in [*(copy / "exercises").glob("*.ipynb"), copy / "README.md", copy / "CITATION.cff"]:
+        assert "medmm-course/medmm-course" not in path.read_text(), f"{path.name} still names the old address"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_notebooks.py",
+         "tests/test_exercises.py", "tests/test_packaging.py", "-k",
+         "pair_in_sync or standard_header or committed_outputs or up_to_date or hides_solutions or readme_has "
+         "or release_of_this_version or version_is_one"],
+        cwd=copy, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout

@@ -139,7 +139,7 @@ def test_generation_with_the_coca_decoder_cache_equals_no_cache(tokenizer):
     model = tiny_model(len(tokenizer), uni=2, multi=2).eval()
     b = pairs(tokenizer)
     memory = model.image_memory(b["image"])
-    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
     cached = generate(model.decoder, memory, bos_id=bos, eos_id=None, pad_id=pad, max_new_tokens=10)
     # greedy without a cache: the whole sequence through both stacks at every step
     seq = torch.full((8, 1), bos)

@@ -9,7 +9,7 @@ import medmm_lite
 from medmm_lite import vlm
 from medmm_lite.data import FINDINGS, prepare_data
 from medmm_lite.vlm import instructions as I
-from medmm_lite.vlm.model import VisionLanguageModel, generate, next_token_logits, splice_image_tokens
+from medmm_lite.vlm.model import generate, next_token_logits, splice_image_tokens
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,6 @@ def test_kv_cache_generation_equals_no_cache(tokenizer, data):
     assert with_cache == without
     # and step by step, the argmax of a full re-read equals the cached token
     seq = list(prompts[0])
-    embeds_tokens = []
     for t in with_cache[0][:4]:
         ids = torch.tensor([seq])
         logits = model(ids, torch.ones_like(ids), image_features=feats[:1]).logits

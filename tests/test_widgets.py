@@ -1,7 +1,9 @@
 """The interactive views: static figures without a frontend, live panels that redraw on input.
 
 The live panels are driven here by setting their controls' values, as a click would; the
-real-browser test (tests/test_browser.py) clicks one in JupyterLab.
+real-browser test (tests/test_browser.py) clicks one in JupyterLab. The package accepts
+ipywidgets 7.7 (Colab's) and 8: ``make test`` runs this file on the 8.x of [dev], and
+``make colab-check`` (tools/colab_check.py) runs it again in a venv with Colab's ipywidgets 7.7.1.
 """
 import matplotlib
 
@@ -163,3 +165,33 @@ def test_chat_box_keeps_history_per_image():
     assert seen[-1] == (3, "Which side?", 0)
     fig = widgets.chat_box(answer, images, interactive=False)
     assert isinstance(fig, matplotlib.figure.Figure)
+
+
+def _all_widgets(widget):
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from _all_widgets(child)
+
+
+def test_every_live_view_serialises_on_this_ipywidgets(paired):
+    """What a frontend receives: each widget's state, on the installed major (7 in Colab, 8 here)."""
+    import ipywidgets
+
+    images = torch.rand(3, 1, 8, 8)
+    words = [["a", "b"], ["c"], ["d", "e"]]
+    views = [
+        widgets.retrieval_browser(*paired, interactive=True, display=False),
+        widgets.prompt_playground(_toy_text_encoder(), torch.rand(N, 2), torch.rand(N, 1, 8, 8),
+                                  np.eye(N, 2), ["Pleural Effusion", "Edema"], interactive=True, display=False),
+        widgets.attention_viewer(images, words, [torch.rand(len(w), 2, 2) for w in words], interactive=True,
+                                 display=False),
+        widgets.generation_box(lambda p, w, n: torch.zeros(n, 1, 8, 8), "x", n=2, interactive=True, display=False),
+        widgets.chat_box(lambda i, q, h: "no", images, interactive=True, display=False),
+    ]
+    assert int(ipywidgets.__version__.split(".")[0]) in (7, 8)
+    for view in views:
+        for w in _all_widgets(view):
+            state = w.get_state()
+            assert state["_model_name"] and state["_view_name"], type(w).__name__
+            if "layout" in state:
+                w.layout.get_state()

@@ -17,7 +17,16 @@ In ``exercises/NN_name.ipynb`` the solution cell becomes a stub (tagged ``exerci
   names the checks do not read, prints and plots of the solution are left out: they are the
   learner's to write.
 
-The check cell stays as it is. Output is deterministic (stable cell ids ``cell-NNN``, no
+The check cell stays as it is, with one line added where it needs one: a check must show its
+hint on an untouched stub, never an unrelated error. When the first statement of a check that
+reads a ``None`` answer is not an ``assert`` opening with ``<answer> is not None``, the exercise
+notebook's copy gets ``assert <answers> is not None, <the check's first hint>`` just before it
+(lesson 03's checks compare ``1.0 <= peak_raw``, which on ``None`` is a ``TypeError``).
+
+The intro cell links to the full lesson by absolute addresses (GitHub and Colab, from
+pyproject's Repository URL): a relative ``../notebooks/`` link does not resolve in Colab.
+
+Output is deterministic (stable cell ids ``cell-NNN``, no
 outputs, no execution counts, no volatile metadata), so the committed files change only when
 a lesson does.
 
@@ -325,8 +334,62 @@ class Exercise:
     solution_cell: int     # index in the notebook's cells
     check_cell: int
     solution: str
-    check: str
+    check: str             # the lesson's check cell
     stub: str
+    exercise_check: str = ""   # the check as the exercise notebook shows it (a guard added where needed)
+
+    def __post_init__(self):
+        if not self.exercise_check:
+            self.exercise_check = guarded_check(self.check, stub_answers(self.stub), f"exercise {self.number}")
+
+
+def stub_answers(stub: str) -> list[str]:
+    """The names a stub sets to ``None`` for the learner to fill in, in order."""
+    return [stmt.targets[0].id for stmt in ast.parse(stub).body
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+            and isinstance(stmt.value, ast.Constant) and stmt.value.value is None]
+
+
+def _opens_with_none_test(test: ast.expr, answers: list[str]) -> bool:
+    """``assert <answer> is not None ...``: on a ``None`` answer it fails at once, with its hint."""
+    first = test.values[0] if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And) else test
+    return (isinstance(first, ast.Compare) and isinstance(first.left, ast.Name) and first.left.id in answers
+            and len(first.ops) == 1 and isinstance(first.ops[0], ast.IsNot)
+            and isinstance(first.comparators[0], ast.Constant) and first.comparators[0].value is None)
+
+
+def guarded_check(check: str, answers: list[str], label: str) -> str:
+    """The check with a ``None`` guard before its first use of an answer, where it has none.
+
+    The guard's message is the check's own first hint (the message of its first ``assert`` from
+    that point on that reads no answer), so the learner sees the hint, not a ``TypeError``.
+    """
+    if not answers:
+        return check
+    stmts = parse_cell(check, label)
+    read = [n for n in answers if n in cell_free(stmts)]
+    for index, stmt in enumerate(stmts):
+        names = statement_names(stmt)
+        if not set(read) & (set(names.loads) | names.nested):
+            continue
+        if isinstance(stmt, ast.Assert) and _opens_with_none_test(stmt.test, read):
+            return check
+        hint = None
+        for later in stmts[index:]:
+            if isinstance(later, ast.Assert) and later.msg is not None:
+                if not set(read) & set(statement_names(ast.Expr(later.msg)).loads):
+                    hint = ast.get_source_segment(check, later.msg)
+                break
+        if hint is None or "\n" in hint:
+            hint = repr(f"{label}: set " + ", ".join(f"`{n}`" for n in read) + " in the cell above")
+        condition = " and ".join(f"{n} is not None" for n in read)
+        guard = f"assert {condition}, {hint}"
+        if len(guard) > 110:
+            guard = f"assert {condition}, \\\n    {hint}"
+        lines = check.splitlines(keepends=True)
+        at = stmt.lineno - 1
+        return "".join(lines[:at]) + guard + "\n" + "".join(lines[at:])
+    return check
 
 
 def exercises(nb, where: str = "lesson") -> list[Exercise]:
@@ -367,6 +430,20 @@ def target(lesson: Path) -> Path:
     return EXERCISES / f"{lesson.stem}.ipynb"
 
 
+def colab_url(lesson: Path) -> str:
+    """Where the lesson's exercise notebook opens in Colab."""
+    return L.colab_url(lesson).replace(f"/notebooks/{lesson.stem}.ipynb", f"/exercises/{lesson.stem}.ipynb")
+
+
+def colab_badge(lesson: Path) -> str:
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(lesson)})"
+
+
+def lesson_url(lesson: Path) -> str:
+    """The full lesson on the repository's site: an absolute link, which resolves in Colab too."""
+    return f"{L.repository_url()}/blob/main/notebooks/{lesson.stem}.ipynb"
+
+
 def intro(lesson: Path, count: int) -> str:
     plural = "s" if count != 1 else ""
     return (
@@ -375,8 +452,8 @@ def intro(lesson: Path, count: int) -> str:
         "yours to fill in; the cell after it checks your answer and, when it is wrong, says what to look at. "
         "Run the lesson from the top (the exercises need its data and models; *Run all* stops at the first "
         "exercise you have not solved yet), then work through the exercises at the end.\n\n"
-        f"The full lesson, with outputs and solutions: [notebooks/{lesson.stem}.ipynb]"
-        f"(../notebooks/{lesson.stem}.ipynb)."
+        f"The full lesson, with outputs and solutions: [notebooks/{lesson.stem}.ipynb]({lesson_url(lesson)}) "
+        f"([open it in Colab]({L.colab_url(lesson)}))."
     )
 
 
@@ -386,15 +463,18 @@ def exercise_notebook(lesson: Path):
 
     source = L.read_source(lesson)
     found = {e.solution_cell: e for e in exercises(source, lesson.name)}
+    checks = {e.check_cell: e for e in found.values()}
     cells = []
     for i, cell in enumerate(source.cells):
         cell_tags = tags(cell)
         text = cell.source
         if i == 0:
-            text = text.replace(f"/notebooks/{lesson.stem}.ipynb", f"/exercises/{lesson.stem}.ipynb")
+            text = text.replace(L.colab_badge(lesson), colab_badge(lesson))
         if i in found:
             text = found[i].stub
             cell_tags = [EXERCISE_TAG if t == SOLUTION_TAG else t for t in cell_tags]
+        if i in checks:
+            text = checks[i].exercise_check
         if cell.cell_type == "code":
             new = nbformat.v4.new_code_cell(text)
         elif cell.cell_type == "markdown":
@@ -557,10 +637,34 @@ class Outcome:
     number: int
     solution_error: BaseException | None     # must be None: the check passes on the solution
     stub_error: BaseException | None         # must not be None: the check fails on the stub
+    stub_raised_in: str = ""                 # where the stub's error came from: "check", "stub" or a file
 
     @property
     def label(self) -> str:
         return f"{self.lesson} exercise {self.number}"
+
+    @property
+    def shows_hint(self) -> bool:
+        """On the stub the learner sees a hint: the check's own assert message, or the stub's
+        ``NotImplementedError("exercise N: write f")``; never an error from elsewhere."""
+        err = self.stub_error
+        if isinstance(err, AssertionError):
+            return self.stub_raised_in == "check" and bool(str(err).strip())
+        if isinstance(err, NotImplementedError):
+            return self.stub_raised_in == "stub" and str(err).startswith(f"exercise {self.number}: write")
+        return False
+
+
+def _raised_in(err: BaseException, where: str) -> str:
+    """``check`` or ``stub`` when the innermost frame is in that cell's code, else the file."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    for kind in ("check", "stub"):
+        if filename == f"{where} {kind}>":
+            return kind
+    return filename
 
 
 def _run(code, namespace, where):
@@ -591,19 +695,20 @@ def run_checks(lesson: Path) -> list[Outcome]:
             ex = step.code
             where = f"<{lesson.stem} exercise {ex.number}"
             stub_ns = dict(namespace)
-            try:
+            stub_raised_in = ""
+            try:                                 # the exercise notebook's cells: stub, then its check
                 _run(ex.stub, stub_ns, where + " stub>")
-                _run(ex.check, stub_ns, where + " check>")
+                _run(ex.exercise_check, stub_ns, where + " check>")
                 stub_error = None
             except Exception as err:
-                stub_error = err
+                stub_error, stub_raised_in = err, _raised_in(err, where)
             try:
                 _run(ex.solution, namespace, where + " solution>")
-                _run(ex.check, namespace, where + " check>")
+                _run(ex.exercise_check, namespace, where + " check>")
                 solution_error = None
             except Exception as err:
                 solution_error = err
-            outcomes.append(Outcome(lesson.stem, ex.number, solution_error, stub_error))
+            outcomes.append(Outcome(lesson.stem, ex.number, solution_error, stub_error, stub_raised_in))
             plt.close("all")
     finally:
         plt.close("all")
@@ -621,11 +726,11 @@ def verify(keys: list[str]) -> int:
             for lesson in targets:
                 for o in run_checks(lesson):
                     sol = "passes" if o.solution_error is None else f"FAILS ({type(o.solution_error).__name__}: {o.solution_error})"
-                    stub = ("fails" + (f" with the hint: {o.stub_error}" if isinstance(o.stub_error, AssertionError)
-                                       else f" ({type(o.stub_error).__name__}: {o.stub_error})")
+                    stub = (("fails with the hint: " if o.shows_hint else "fails WITHOUT its hint: ")
+                            + f"{type(o.stub_error).__name__}: {o.stub_error}"
                             if o.stub_error is not None else "PASSES (the check cannot fail)")
                     print(f"{o.label}: solution {sol}; stub {stub}")
-                    bad += o.solution_error is not None or o.stub_error is None
+                    bad += o.solution_error is not None or o.stub_error is None or not o.shows_hint
     return 1 if bad else 0
 
 

@@ -3,7 +3,9 @@
     python -m tools.lessons build [NN ...]   # run lessons in the cpu profile, write notebooks/NN_*.ipynb
     python -m tools.lessons course           # run every lesson (PROFILE=auto) into build/lessons/, print headlines
     python -m tools.lessons course --profile cpu   # the same in one profile (e.g. to pre-build a workshop's caches)
-    python -m tools.lessons sync-urls        # rewrite Colab badges and install cells from pyproject's URL
+    python -m tools.lessons sync-urls [URL]  # rewrite Colab badges and install cells (in the .py AND the
+                                             # committed .ipynb, in place, nothing re-run) from pyproject's
+                                             # Repository URL (set to URL first when given) and the version
 
 The source of truth is ``notebooks/NN_name.py`` (jupytext percent format). The
 committed ``.ipynb`` carries outputs from a real run; volatile metadata is stripped
@@ -58,8 +60,23 @@ def colab_badge(lesson: Path) -> str:
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(lesson)})"
 
 
+def package_version() -> str:
+    """``medmm_lite.__version__``, read from the source (no torch import)."""
+    text = (ROOT / "medmm_lite" / "__init__.py").read_text()
+    match = re.search(r'^__version__ = "([^"]+)"', text, re.M)
+    if not match:
+        raise SystemExit("medmm_lite/__init__.py sets no __version__")
+    return match.group(1)
+
+
+def release_tag() -> str:
+    """The git tag of the release the committed notebooks were made with."""
+    return f"v{package_version()}"
+
+
 def install_spec() -> str:
-    return f"medmm-lite @ git+{repository_url()}"
+    """What the setup cell installs: the tagged release, so a learner gets the library of the outputs."""
+    return f"medmm-lite @ git+{repository_url()}@{release_tag()}"
 
 
 def read_source(lesson: Path):
@@ -220,24 +237,79 @@ def course(profile: str = "auto") -> int:
 
 HEADER_BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
 INSTALL_SPEC = re.compile(r"medmm-lite @ git\+[^\"'\s]+")
+URL_LINE = re.compile(r'^(Repository\s*=\s*")[^"]*(")', re.M)
 
 
-def sync_urls() -> None:
-    """Rewrite every lesson's badge and install cell from pyproject's Repository URL."""
+def set_repository_url(url: str) -> bool:
+    """Write ``url`` into ``[project.urls] Repository`` (that one line of pyproject.toml)."""
+    url = url.rstrip("/")
+    if not re.fullmatch(r"https://github\.com/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", url):
+        raise SystemExit(f"{url!r}: expected https://github.com/OWNER/REPO")
+    path = ROOT / "pyproject.toml"
+    text = path.read_text()
+    new, count = URL_LINE.subn(lambda m: f"{m.group(1)}{url}{m.group(2)}", text)
+    if count != 1:
+        raise SystemExit("pyproject.toml: no single 'Repository = \"...\"' line under [project.urls]")
+    if new != text:
+        path.write_text(new)
+        print(f"updated pyproject.toml: Repository = {url}")
+    return new != text
+
+
+def synced_source(text: str, lesson: Path) -> str:
+    """A lesson's text (source file or one cell) with its badge and install spec from the settings."""
+    text = HEADER_BADGE.sub(lambda _: colab_badge(lesson), text)
+    return INSTALL_SPEC.sub(lambda _: install_spec(), text)
+
+
+def sync_urls(url: str | None = None) -> None:
+    """Rewrite every lesson's badge and install cell from pyproject's Repository URL and the version.
+
+    The committed ``.ipynb`` get the same edit to their cells' source, in place: the setup cell's
+    output does not depend on the address (it installs nothing where ``medmm_lite`` imports), so
+    its recorded output stays true and nothing is re-executed. With ``url``, pyproject's
+    Repository URL is set to it first.
+    """
+    import nbformat
+
+    if url:
+        set_repository_url(url)
     for lesson in lessons():
         text = lesson.read_text()
-        new = HEADER_BADGE.sub(lambda _: colab_badge(lesson), text)
-        new = INSTALL_SPEC.sub(lambda _: install_spec(), new)
+        new = synced_source(text, lesson)
         if new != text:
             lesson.write_text(new)
             print(f"updated {lesson.name}")
+        path = lesson.with_suffix(".ipynb")
+        if path.exists():
+            nb = nbformat.read(path, as_version=4)
+            changed = 0
+            for cell in nb.cells:
+                fixed = synced_source(cell.source, lesson)
+                if fixed != cell.source:
+                    cell.source, changed = fixed, changed + 1
+            if changed:
+                nbformat.write(nb, path)
+                print(f"updated {path.name} ({changed} cells' source; outputs kept)")
     readme = ROOT / "README.md"
     text = readme.read_text()
+    slug = repository_url().removeprefix("https://github.com/")
     new = re.sub(r"https://colab\.research\.google\.com/github/[^/]+/[^/]+/",
-                 f"https://colab.research.google.com/github/{repository_url().removeprefix('https://github.com/')}/", text)
+                 f"https://colab.research.google.com/github/{slug}/", text)
+    new = INSTALL_SPEC.sub(lambda _: install_spec(), new)
     if new != text:
         readme.write_text(new)
         print("updated README.md")
+    citation = ROOT / "CITATION.cff"
+    if citation.exists():
+        text = citation.read_text()
+        new = re.sub(r'^(repository-code: )"[^"]*"', lambda m: f'{m.group(1)}"{repository_url()}"', text, flags=re.M)
+        if new != text:
+            citation.write_text(new)
+            print("updated CITATION.cff")
+    from tools import exercises  # the exercise notebooks carry the badge and setup cell too: regenerate
+
+    exercises.build()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     p_prose.add_argument("lessons", nargs="*", help="lesson numbers or names (default: all)")
     p_course = sub.add_parser("course", help="run every lesson (default PROFILE=auto) and print the headline table")
     p_course.add_argument("--profile", default="auto", choices=["auto", "smoke", "cpu", "gpu"])
-    sub.add_parser("sync-urls", help="rewrite badges and install cells from pyproject.toml")
+    p_urls = sub.add_parser("sync-urls", help="rewrite badges and install cells (.py and .ipynb, in place) "
+                                              "from pyproject.toml and medmm_lite.__version__")
+    p_urls.add_argument("url", nargs="?", help="a new repository URL (https://github.com/OWNER/REPO) to set first")
     args = parser.parse_args(argv)
     if args.command == "build":
         build(args.lessons, args.profile)
@@ -260,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         return sync_prose(args.lessons)
     if args.command == "course":
         return course(args.profile)
-    sync_urls()
+    sync_urls(args.url)
     return 0
 
 

@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 

@@ -9,7 +9,7 @@ from .local import (GLORIA_ATTENTION_TEMPERATURE, GLORIA_LOGIT_SCALE, GLORIA_SIM
                     word_region_attention)
 
 __all__ = ["CLIP_INIT_TEMPERATURE", "CLIP_MAX_LOGIT_SCALE", "LogitScale", "clip_loss", "convirt_loss",
-           "nt_xent_loss", "similarity_logits", "distributed_clip_loss", "distributed_nt_xent_loss", "gather_features",
+           "nt_xent_loss", "similarity_logits", "word_type_ids", "distributed_clip_loss", "distributed_nt_xent_loss", "gather_features",
            "random_masking", "mae_loss", "unshuffle", "mask_tokens", "mlm_loss", "wordpiece_word_ids",
            "merge_subwords", "merged_words", "word_region_attention", "local_similarities", "local_contrastive_loss",
            "LocalAlignment", "GLORIA_ATTENTION_TEMPERATURE", "GLORIA_SIMILARITY_TEMPERATURE", "GLORIA_LOGIT_SCALE"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import torch
 from torch import nn
 
