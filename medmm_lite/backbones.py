@@ -10,10 +10,17 @@ from .profiles import Profile
 
 
 def image_encoder(P: Profile, kind: str = "vit", **overrides):
-    """A ViT (the default: MAE, local alignment and the VLM need its patch grid) or a small ResNet."""
+    """A ViT (the default: MAE, local alignment and the VLM need its patch grid) or a small ResNet.
+
+    The ViT's stem is the profile's ``vit_stem``: a small convolutional stem by default, which at
+    the cpu budget lifts lesson 01's supervised ViT from the level of a linear patch projection to
+    that of the small CNN; its global feature is the mean of the patch outputs (``vit_pool``), which
+    learned faster and steadier than the [CLS] output at that budget (benchmarks/backbone_study.py;
+    docs/performance.md has the table).
+    """
     if kind == "vit":
         args = dict(image_size=P.image_size, patch_size=P.patch_size, in_chans=1, dim=P.dim, depth=P.depth,
-                    heads=P.heads)
+                    heads=P.heads, stem=P.vit_stem, pool=P.vit_pool)
         return ViT(**{**args, **overrides})
     if kind == "cnn":
         widths = tuple(w * P.dim // 128 for w in (32, 64, 128, 256)) if P.dim >= 64 else (16, 32, 64, 128)

@@ -29,6 +29,8 @@ class Profile:
     lr: float
     device: str           # "cpu" or "cuda"
     amp: bool             # mixed precision (CUDA only)
+    vit_stem: str = "conv"  # how the ViT turns pixels into tokens: "conv" (a small conv stem) or "linear"
+    vit_pool: str = "mean"  # the ViT's global feature: "mean" of the patch outputs or the "cls" output
 
     def with_(self, **changes) -> "Profile":
         """A copy with some sizes changed, e.g. ``p.with_(steps=100)``."""

@@ -259,11 +259,13 @@ show_images(grid, titles=["T1", "T2", "FLAIR", "lesion"] * len(with_lesion), nco
 #
 # A patient's studies look alike (same anatomy, often the same findings). If one study of a
 # patient is in training and another in testing, the test measures memory, not generalisation.
-# `patient_split` assigns whole patients to train, validation and test, stratified so that each
-# split has about the same prevalence of each finding.
+# `patient_split` assigns whole patients to train, validation and test (70 / 10 / 20%), stratified
+# so that each split has about the same prevalence of each finding. `dataset_split`, which every
+# lesson uses, calls it, except where a dataset publishes its own patient-level split: ChestMNIST
+# keeps NIH's official one, since MedMNIST drops the patient ids that `patient_split` would need.
 
 # %%
-splits = D.patient_split(cohort, fractions=(0.7, 0.1, 0.2), seed=SEED)
+splits = D.dataset_split(cohort, DATASET, seed=SEED)
 patients = {k: set(cohort.patient_ids[v]) for k, v in splits.items()}
 overlap = len(patients["train"] & patients["test"]) + len(patients["train"] & patients["val"]) \
     + len(patients["val"] & patients["test"])

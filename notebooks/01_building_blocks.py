@@ -34,7 +34,7 @@ except ImportError:  # Colab: install the course's library once; Colab's torch i
     import subprocess
     import sys
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
-                           "medmm-lite @ git+https://github.com/medmm-course/medmm-course"])
+                           "medmm-lite @ git+https://github.com/medmm-course/medmm-course@v0.1.0"])
     import medmm_lite
 
 # %%
@@ -43,6 +43,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import Markdown, display
 import torch
 import torch.nn.functional as F
 
@@ -50,7 +51,7 @@ import medmm_lite
 from medmm_lite import backbones
 from medmm_lite import data as D
 from medmm_lite.adapt import (Classifier, label_subset, pathology_auroc, predict, supervised_baseline,
-                              supervised_curve, train_classifier)
+                              supervised_budget, supervised_curve, train_classifier)
 from medmm_lite.eval import bootstrap_ci, clinical_f1, extract_mentions, label_report, labels_matrix
 from medmm_lite.models import TextDecoder, TextEncoder, ViT, count_parameters, patchify, unpatchify
 from medmm_lite.train import fit, warmup_cosine
@@ -153,26 +154,58 @@ torch.testing.assert_close(by_hand, F.scaled_dot_product_attention(q, k, v))
 print("hand-written attention == F.scaled_dot_product_attention")
 
 # %% [markdown]
-# A ViT = patch embedding (a linear map per patch, done as a strided convolution) + a learned
-# position per patch + a `[CLS]` token + pre-norm transformer blocks. Every image encoder in the
-# course returns two things: a **global** vector per image (the `[CLS]` output) and **local**
-# features, one per patch, on a grid. Contrastive lessons use the global one; local alignment
-# (03), MAE (04) and the VLM (07) need the grid.
+# A ViT = patch embedding + a learned position per patch + a `[CLS]` token + pre-norm transformer
+# blocks. Every image encoder in the course returns two things: a **global** vector per image and
+# **local** features, one per patch, on a grid. Contrastive lessons use the global one; local
+# alignment (03), MAE (04) and the VLM (07) need the grid. The global vector is the mean of the
+# patch outputs (`pool="mean"`, as in MAE's fine-tuning); the original ViT takes the `[CLS]`
+# output (`pool="cls"`), which at this budget learned slower and less steadily across seeds
+# (docs/performance.md keeps the backbone study).
+#
+# The original ViT embeds each patch with one linear map (a convolution whose kernel and stride
+# are the patch size). From a few thousand images that single matrix has to learn edges and
+# blobs on its own, and at this course's budget it barely does (section 6 measures it). The
+# course's ViT therefore starts with a small **convolutional stem** ("Early convolutions help
+# transformers see better", Xiao et al. 2021): three 3x3 convolutions of stride 2 (8 = 2 x 2 x 2,
+# the patch size), each with BatchNorm and GELU, then a 1x1 projection to the model's width. The
+# grid and the token count stay exactly the same. Built by hand:
 
 # %%
-vit = backbones.image_encoder(P)
+def conv_stem_by_hand(patch_size, dim):
+    layers, channels = [], 1
+    n_layers = int(np.log2(patch_size))                       # each layer halves the resolution
+    for i in range(n_layers):
+        width = max(16, dim // 2 ** (n_layers - 1 - i))         # widths grow to the model's width
+        layers += [torch.nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False),
+                   torch.nn.BatchNorm2d(width), torch.nn.GELU()]
+        channels = width
+    return torch.nn.Sequential(*layers, torch.nn.Conv2d(channels, dim, 1))
+
+
+vit = backbones.image_encoder(P)          # the course's ViT: stem=P.vit_stem, "conv"
+stem = conv_stem_by_hand(P.patch_size, P.dim)
+stem.load_state_dict(vit.patch_embed.proj.state_dict())   # same layers, so the library's weights fit
+with torch.no_grad():
+    tokens = stem.eval()(images).flatten(2).transpose(1, 2)                      # (B, grid*grid, dim)
+    torch.testing.assert_close(tokens, vit.eval().patch_embed(images))
+print(f"stem: {tuple(images.shape)} -> {tuple(tokens.shape)} tokens, the same grid as a linear patch embedding")
+print("each token now sees a 15 x 15 px window: its own 8 x 8 patch and a few pixels of its neighbours")
+
+# %%
 features = vit(images)
 print("global:", tuple(features.global_features.shape), " local:", tuple(features.local_features.shape),
       " grid:", vit.grid_size)
 assert features.local_features.shape[1] == vit.grid_size[0] * vit.grid_size[1]
+torch.testing.assert_close(features.global_features, features.local_features.mean(dim=1))  # pool="mean"
 print(f"ViT parameters at this profile: {count_parameters(vit):,}")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-# The cpu-profile ViT, whatever PROFILE is: the parameter count equals timm's VisionTransformer
-# of the same size (tests/test_models.py checks it, and that the outputs match with copied weights).
-reference_vit = ViT(image_size=64, patch_size=8, in_chans=1, dim=96, depth=3, heads=4)
-print(f"ViT(64 px, patch 8, dim 96, depth 3, heads 4): {count_parameters(reference_vit):,} parameters")
+# The cpu-profile ViT with the original linear stem, whatever PROFILE is: the parameter count equals
+# timm's VisionTransformer of the same size (tests/test_models.py checks it, and that the outputs
+# match with copied weights).
+reference_vit = ViT(image_size=64, patch_size=8, in_chans=1, dim=96, depth=3, heads=4, stem="linear")
+print(f"ViT(64 px, patch 8, dim 96, depth 3, heads 4, linear stem): {count_parameters(reference_vit):,} parameters")
 
 # %% [markdown]
 # Bad input gets an error that says what was expected, not a shape error deep inside a matmul:
@@ -303,8 +336,15 @@ print(f"resumed from {checkpoint.name}: {len(again.loss)} steps already done, no
 # training studies are labelled? `supervised_baseline` trains the same ViT at each fraction (the
 # same number of steps for each) and caches the models, so lessons 02-10 compare with exactly
 # these numbers. Each subset keeps at least one positive per finding.
+#
+# How many steps, of what size? At this budget the ViT is still learning when the steps run out,
+# and what it needs is more *updates*, not bigger ones: `supervised_budget` takes the profile's
+# images in twice as many updates of half the batch, which at 100% labels was worth several
+# hundredths of validation AUROC for the same time (docs/performance.md keeps the study).
 
 # %%
+steps, batch_size = supervised_budget(P)
+print(f"{steps} updates of {batch_size} studies (the profile: {P.steps} of {P.batch_size})")
 baseline = supervised_baseline(P, data, seed=SEED, dataset=DATASET)
 for fraction, result in baseline.items():
     print(f"{fraction:>5.0%} labels ({result['n_labels']:4d} studies): test AUROC {result['macro']:.3f}")
@@ -316,50 +356,89 @@ for fraction, result in baseline.items():
 # %%
 baseline[1.0]["history"].plot();
 
+# %% [markdown]
+# ### What the stem is worth
+#
+# Section 3 gave the ViT a convolutional stem. Is it worth it? Train two more models with all the
+# labels and the same steps: the ViT with the original **linear** patch embedding, and the small
+# ResNet-style **CNN**, whose locality and shared filters are built in. Both are cached like the
+# baseline.
+
+# %%
+cache_key = {"profile": P.name, "dataset": DATASET, "n_studies": len(cohort)}
+linear_curve = supervised_curve(lambda: backbones.image_encoder(P, stem="linear"), cohort, splits, fractions=(1.0,),
+                                steps=steps, batch_size=batch_size, lr=P.lr, seed=SEED, device=device,
+                                amp=P.amp, cache_key={**cache_key, "backbone": "vit_linear_stem"})
+cnn_curve = supervised_curve(lambda: backbones.image_encoder(P, kind="cnn"), cohort, splits, fractions=(1.0,),
+                             steps=steps, batch_size=batch_size, lr=P.lr, seed=SEED, device=device, amp=P.amp,
+                             cache_key={**cache_key, "backbone": "cnn"})
+medmm_lite.record("linear_stem_auroc_100pct", linear_curve[1.0]["macro"])
+medmm_lite.record("cnn_auroc_100pct", cnn_curve[1.0]["macro"])
+stems = {"ViT, linear patch embedding": linear_curve[1.0], "ViT, convolutional stem (the course's)": baseline[1.0],
+         "small CNN": cnn_curve[1.0]}
+for name, result in stems.items():
+    print(f"{name:40s} test AUROC {result['macro']:.3f}  (100% labels, {steps} steps of {batch_size})")
+
 # %%
 fractions = list(baseline)
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
-axes[0].plot([f * 100 for f in fractions], [baseline[f]["macro"] for f in fractions], "o-", label="supervised ViT")
+fig, axes = plt.subplots(1, 2, figsize=(11.5, 3.6))
+axes[0].plot([f * 100 for f in fractions], [baseline[f]["macro"] for f in fractions], "o-",
+             label="supervised ViT (conv stem)")
+axes[0].axhline(cnn_curve[1.0]["macro"], color="tab:green", ls="--", label="small CNN, 100% labels")
+axes[0].axhline(linear_curve[1.0]["macro"], color="tab:red", ls="--", label="ViT, linear stem, 100% labels")
 axes[0].axhline(0.5, color="0.6", ls=":", label="chance")
 axes[0].set_xscale("log")
 axes[0].set_xticks([f * 100 for f in fractions], [f"{f:.0%}" for f in fractions])
 axes[0].set_xlabel("training labels used")
 axes[0].set_ylabel("test macro AUROC (9 pathologies)")
-axes[0].legend()
+axes[0].legend(fontsize=8)
 axes[0].set_title("the label-hungry baseline", fontsize=10)
-per = baseline[fractions[-1]]["per_finding"]
-axes[1].barh(list(per)[::-1], list(per.values())[::-1])
+names = list(baseline[1.0]["per_finding"])
+y = np.arange(len(names))
+for offset, (label, result) in zip((-0.27, 0, 0.27), stems.items()):
+    axes[1].barh(y + offset, [result["per_finding"][n] for n in names], height=0.27, label=label)
+axes[1].set_yticks(y, names, fontsize=8)
+axes[1].invert_yaxis()
 axes[1].axvline(0.5, color="0.6", ls=":")
 axes[1].set_xlim(0.3, 1)
-axes[1].set_title(f"per finding, {fractions[-1]:.0%} labels", fontsize=10)
+axes[1].set_xlabel("test AUROC, 100% labels")
+axes[1].legend(fontsize=7, loc="lower right")
+axes[1].set_title("per finding", fontsize=10)
 fig.tight_layout()
+plt.show()
 
 # %% [markdown]
-# ### Is it the labels, or the ViT?
-#
-# A ViT has almost no built-in knowledge of images: it must learn from data that nearby pixels
-# belong together. A CNN builds that in (local filters, shared across positions). Train the small
-# ResNet-style CNN with all the labels and the same number of steps:
+# What to notice: the curve should rise with every tenfold increase in labels, and the two dashed
+# lines say what the stem does. The cell below reads it off this run. Between 10% and 100% the
+# rise is the smallest and the least certain: at this budget both models are still learning when
+# the steps run out, and which of the two ends ahead moves with the seed and even with the number
+# of threads (docs/performance.md, "Which ViT sees", has runs of both).
 
 # %%
-cnn_curve = supervised_curve(lambda: backbones.image_encoder(P, kind="cnn"), cohort, splits, fractions=(1.0,),
-                             steps=P.steps, batch_size=P.batch_size, lr=P.lr, seed=SEED, device=device, amp=P.amp,
-                             cache_key={"profile": P.name, "dataset": DATASET, "n_studies": len(cohort),
-                                        "backbone": "cnn"})
-medmm_lite.record("cnn_auroc_100pct", cnn_curve[1.0]["macro"])
-print(f"100% labels, {P.steps} steps: ViT {baseline[1.0]['macro']:.3f}, CNN {cnn_curve[1.0]['macro']:.3f}")
+monotone = all(baseline[a]["macro"] < baseline[b]["macro"] for a, b in zip(fractions, fractions[1:]))
+gain = baseline[1.0]["macro"] - linear_curve[1.0]["macro"]
+gap_to_cnn = cnn_curve[1.0]["macro"] - baseline[1.0]["macro"]
+rising = " < ".join(f"{baseline[f]['macro']:.3f}" for f in fractions)
+display(Markdown(
+    f"- More labels, better model: AUROC {rising} "
+    f"at {', '.join(f'{f:.0%}' for f in fractions)} of the labels" if monotone else
+    "- In this run the curve is **not** monotone in the labels: read the per-fraction numbers above."))
+display(Markdown(
+    f"- The convolutional stem is worth **{gain:+.3f}** AUROC over the linear patch embedding, and the ViT "
+    f"ends {abs(gap_to_cnn):.3f} {'below' if gap_to_cnn > 0 else 'above'} the small CNN."))
 
 # %% [markdown]
-# At this budget the CNN's built-in prior is worth more than anything the ViT can learn from the
-# labels: with few steps and a few thousand images, a ViT is data-hungry twice over. The course
-# keeps the ViT as its backbone anyway, because MAE (04), local alignment (03) and the VLM (07) need
-# its patch tokens, and because that is where pretraining should help most: pretraining teaches the
-# ViT what images look like before it sees a single label. Whether it does is the question of
-# lessons 02-04 and of the capstone (10).
+# Why such a difference from a few layers? A linear patch embedding must learn, from a few
+# thousand images and a few hundred steps, what a CNN knows before it sees a single one: that
+# nearby pixels belong together and that the same edge means the same thing anywhere. The stem
+# hands the transformer that prior in its first layers, and keeps everything the course needs from
+# a ViT: one token per patch on a grid, for local alignment (03), MAE (04) and the VLM (07). One
+# consequence for MAE: a stem token also sees a few pixels of its neighbours, so masking a patch
+# no longer hides all of it (lesson 04 deals with it). `benchmarks/backbone_study.py` tries more
+# variants; docs/performance.md keeps the table.
 #
-# Small, local findings (a nodule, a rib fracture) are the hardest from few labels: a few pixels
-# in a large image. How sure are we of these numbers? A bootstrap over test studies gives an
-# interval (lesson 10 uses it to compare methods honestly):
+# How sure are we of these numbers? A bootstrap over test studies gives an interval (lesson 10
+# uses it to compare methods honestly):
 
 # %%
 scores = baseline[1.0]["test_scores"].numpy()
@@ -420,14 +499,21 @@ print("negation flipped:         ", clinical_f1(reference, ["No pleural effusion
 # %% [markdown]
 # ## Summary
 #
-# - A WordPiece tokenizer trained on the reports, patches, attention checked by hand, a ViT and a
-#   CNN that return global and local features, a text encoder and a causal decoder with
-#   generation: the parts of every later lesson.
+# - A WordPiece tokenizer trained on the reports, patches, attention checked by hand, a ViT with a
+#   convolutional stem and a CNN that return global and local features, a text encoder and a
+#   causal decoder with generation: the parts of every later lesson.
 # - One training loop with warmup + cosine, clipping, evaluation and resumable checkpoints.
 # - The baseline: a supervised ViT is label-hungry. Its AUROC at 1% and 10% of the labels is the
-#   number each pretraining lesson tries to beat with reports instead of labels.
+#   number each pretraining lesson tries to beat with reports instead of labels; the CNN's AUROC at
+#   100% is the reference line for what this budget allows.
 # - The report labeler turns free text into findings, with negation and uncertainty.
 #
+# The numbers this lesson recorded (later lessons print the same ones, from the same cached models):
+
+# %%
+medmm_lite.show_recorded()
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. **Multi-head attention by hand.** Split `x` (batch 2, 16 tokens, dim 32) into 4 heads, apply

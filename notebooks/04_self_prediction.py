@@ -43,7 +43,7 @@ except ImportError:  # Colab: install the course's library once; Colab's torch i
     import subprocess
     import sys
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
-                           "medmm-lite @ git+https://github.com/medmm-course/medmm-course"])
+                           "medmm-lite @ git+https://github.com/medmm-course/medmm-course@v0.1.0"])
     import medmm_lite
 
 # %%
@@ -183,6 +183,13 @@ print("my_mae_loss == medmm_lite.objectives.mae_loss; visible patches do not cou
 # in patch order (`ids_restore`), adds its own positions (the mask tokens differ *only* by where
 # they sit) and predicts each patch's pixels. After pretraining the decoder is thrown away; the
 # encoder, which never saw a mask token, reads whole images.
+#
+# One detail comes from the course's backbone. Its ViT turns pixels into tokens with a small
+# convolutional stem (lesson 01), whose 3x3 layers see about 15 pixels around each 8-pixel patch:
+# a kept token would carry the borders of its hidden neighbours and MAE would copy, not predict.
+# So `forward_encoder` draws the mask first, blacks out the hidden patches' pixels, then embeds
+# (ConvMAE's masked convolution). M3AE below embeds before it hides, so it runs the same stem
+# layers on each patch alone (`stem="conv_patchwise"`), and can still start from MAE's stem.
 
 # %%
 mae_preview = build_mae(P)

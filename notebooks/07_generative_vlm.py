@@ -223,7 +223,7 @@ print("the LM continues 'there is a':", tok.decode(out[0], skip_special_tokens=T
 #
 # The vision encoder is lesson 02's CLIP ViT (from the cache, or trained now), **frozen**, as in
 # LLaVA: its features were trained to line up with reports. Each image becomes K tokens: CLIP's
-# global feature (the [CLS] output its loss trained) and its patch grid average-pooled to
+# global feature (the pooled output its loss trained) and its patch grid average-pooled to
 # 4 x 4. Because the encoder is frozen, the features of every image are computed once and reused at
 # every training step.
 #

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -18,6 +19,13 @@ from tools import lessons as L
 LESSONS = L.lessons()
 IDS = [p.stem for p in LESSONS]
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+# What must not reach a learner's screen: the library's log lines, this machine's paths, reprs.
+MACHINERY = re.compile("|".join([
+    r"^\[(record|hub|build)\]",
+    re.escape(str(Path.home())), re.escape(str(L.ROOT)), r"/tmp/",
+    r"<[A-Za-z_][\w.]* (object )?at 0x[0-9a-f]+>",
+    r"\bnp\.(int|float)(32|64)\(",
+]))
 
 
 def thresholds(lesson, profile):
@@ -108,6 +116,25 @@ def test_committed_outputs_are_a_real_cpu_run(lesson):
     check_results(meta.get("results", {}), thresholds(lesson, "cpu"), f"{lesson.name} (committed cpu run)")
 
 
+# Lessons whose committed outputs predate the quiet library (record() and the hub printed then):
+# each leaves this set when it is rebuilt, and the test below fails until it does.
+NOT_YET_REBUILT = {"03_contrastive_local", "04_self_prediction", "05_generative_reports", "06_generative_images",
+                   "07_generative_vlm", "08_combined_coca", "09_adaptation", "10_capstone_multimodal_vs_unimodal",
+                   "11_beyond_text", "12_responsible_evaluation"}
+COMMITTED_MACHINERY = re.compile(r"^\[(record|hub|build)\]|(/root/|/home/|/tmp/|/Users/)|"
+                                 r"<[A-Za-z_][\w.]* (object )?at 0x[0-9a-f]+>|\bnp\.(int|float)(32|64)\(")
+
+
+@pytest.mark.parametrize("lesson", [pytest.param(p, marks=pytest.mark.xfail(
+    p.stem in NOT_YET_REBUILT, reason="committed before the library stopped printing; rebuild it", strict=True))
+    for p in LESSONS], ids=IDS)
+def test_committed_outputs_are_clean(lesson):
+    """What a learner reads in a committed notebook: no log lines, no build machine's paths, no reprs."""
+    found = [f"cell {i}: {line.strip()[:120]}" for i, cell in enumerate(code_cells(committed(lesson)))
+             for line in text_of(cell.outputs).splitlines() if COMMITTED_MACHINERY.search(line)]
+    assert not found, f"{lesson.name}: " + "; ".join(found[:5])
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("lesson", LESSONS, ids=IDS)
 def test_lesson_runs_in_smoke_profile(lesson, python3_kernel):
@@ -118,6 +145,10 @@ def test_lesson_runs_in_smoke_profile(lesson, python3_kernel):
     except Exception as err:
         pytest.fail(f"{lesson.name} failed in the smoke profile; executed copy kept at {out}\n{err}")
     check_results(L.read_results(results_file), thresholds(lesson, "smoke"), f"{lesson.name} (smoke)")
+    machinery = [f"cell {i}: {line.strip()[:120]}" for i, cell in enumerate(code_cells(executed))
+                 for line in text_of(cell.outputs).splitlines() if MACHINERY.search(line)]
+    assert not machinery, (f"{lesson.name}: the outputs a learner reads carry the machinery that built them "
+                           "(log lines, paths of this machine, object reprs):\n" + "\n".join(machinery[:10]))
 
     # Cells marked NBVAL_CHECK_OUTPUT print only profile-independent facts (counts, shapes,
     # parameter numbers): their text must match the committed cpu-run outputs exactly.

@@ -49,6 +49,39 @@ def test_mae_forward_shapes_and_loss_contract():
     assert latent.shape == (3, 1 + 4, 32), "the encoder sees the [CLS] and the 25% kept patches only"
 
 
+def test_mae_with_a_conv_stem_hides_the_masked_pixels_from_the_kept_tokens():
+    """A full-image conv stem sees 15 px around each 8 px patch: without blacking out the hidden
+    patches first, a kept token would carry the borders of its hidden neighbours."""
+    torch.manual_seed(0)
+    mae = MAE(ViT(32, 8, 1, dim=32, depth=1, heads=4, pos_embed="sincos", stem="conv"), decoder_dim=16,
+              decoder_depth=1, decoder_heads=2).eval()
+    images = torch.rand(2, 1, 32, 32)
+    latent, mask, _ = mae.forward_encoder(images, 0.75, generator=torch.Generator().manual_seed(0))
+    hidden = mask[..., None].expand(-1, -1, 64).bool()
+    changed = patchify(images, 8).masked_fill(hidden, 0.0) + patchify(torch.rand(2, 1, 32, 32), 8) * hidden
+    from medmm_lite.models import unpatchify
+    again, mask_again, _ = mae.forward_encoder(unpatchify(changed, 8, 1), 0.75,
+                                               generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mask, mask_again)
+    assert torch.allclose(latent, again, atol=1e-6), "the kept tokens must not depend on hidden pixels"
+    # the linear stem takes the plain path; both paths keep the same patches for one generator
+    linear = MAE(ViT(32, 8, 1, dim=32, depth=1, heads=4, pos_embed="sincos"), decoder_dim=16, decoder_depth=1,
+                 decoder_heads=2)
+    _, mask_linear, restore_linear = linear.forward_encoder(images, 0.75, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mask_linear, mask)
+
+
+def test_m3ae_refuses_a_stem_that_crosses_patches_and_loads_a_conv_mae_patchwise():
+    with pytest.raises(ValueError, match="conv_patchwise"):
+        M3AE(16, 4, 30, 8, dim=32, depth=1, heads=4, decoder_dim=32, decoder_depth=1, stem="conv")
+    mae = MAE(ViT(16, 4, 1, dim=32, depth=1, heads=4, pos_embed="sincos", stem="conv"), decoder_dim=32,
+              decoder_depth=1, decoder_heads=4)
+    m3ae = M3AE(16, 4, 30, 8, dim=32, depth=1, heads=4, decoder_dim=32, decoder_depth=1, stem="conv_patchwise")
+    m3ae.init_from(mae=mae)
+    for mine, theirs in zip(m3ae.patch_embed.state_dict().values(), mae.encoder.patch_embed.state_dict().values()):
+        assert torch.equal(mine, theirs)
+
+
 def test_mae_decoder_needs_positions_to_tell_mask_tokens_apart():
     """Every removed patch enters the decoder as the same mask token: only the positions differ."""
     mae = MAE(ViT(32, 8, 1, dim=32, depth=1, heads=4, pos_embed="sincos"), decoder_dim=16, decoder_depth=1,

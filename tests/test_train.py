@@ -298,7 +298,8 @@ def test_channels_last_trains_the_same_model_and_hands_it_back_contiguous(tmp_pa
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
     assert has_real_convolutions(_tiny_cnn())
-    assert not has_real_convolutions(image_encoder(profile("smoke")))   # a ViT: patch embedding only
+    assert not has_real_convolutions(image_encoder(profile("smoke"), stem="linear"))   # patch embedding only
+    assert has_real_convolutions(image_encoder(profile("smoke")))   # the course's ViT: its stem's 3x3 layers
     assert not has_real_convolutions(_mlp())
 
     # resuming a finished channels-last run returns the model contiguous too

@@ -89,3 +89,34 @@ def test_bad_input_is_a_clear_error():
         zero_shot_classify(torch.zeros(3, 5), torch.zeros(2, 4), torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"\(F, D\)"):
         zero_shot_classify(torch.zeros(3, 4), torch.zeros(2, 4), torch.zeros(3, 4))
+
+
+def test_report_prompt_embeddings_average_the_texts_of_reports_that_state_the_finding():
+    from medmm_lite.adapt import report_prompt_embeddings
+
+    vocabulary = {"effusion.": 0, "no acute process.": 1, "cardiomegaly.": 2}
+    calls = []
+
+    def encode_text(texts):
+        calls.append(list(texts))
+        out = torch.zeros(len(texts), 4)
+        for i, t in enumerate(texts):
+            out[i, vocabulary[t]] = 2.0 + i          # unnormalised on purpose
+        return out
+
+    texts = ["effusion.", "no acute process.", "effusion.", "cardiomegaly."]
+    reports = ["FINDINGS: Small left pleural effusion. IMPRESSION: Effusion.",
+               "FINDINGS: No pleural effusion. IMPRESSION: No acute process.",
+               "FINDINGS: Large right pleural effusion. IMPRESSION: Effusion.",
+               "FINDINGS: The heart is enlarged. No pleural effusion. IMPRESSION: Cardiomegaly."]
+    pos, neg = report_prompt_embeddings(encode_text, texts, reports, findings=["Pleural Effusion", "Cardiomegaly"])
+    assert calls == [sorted(set(texts))], "each distinct text is embedded once"
+    e = torch.eye(4)
+    torch.testing.assert_close(pos[0], e[0])                       # both effusion reports say "effusion."
+    torch.testing.assert_close(neg[0], (e[1] + e[2]) / 2)
+    torch.testing.assert_close(pos[1], e[2])
+    torch.testing.assert_close(neg[1], (e[0] + e[1] + e[0]) / 3)
+    with pytest.raises(ValueError, match="Pneumothorax: the labeler finds it in 0 of 4"):
+        report_prompt_embeddings(encode_text, texts, reports, findings=["Pneumothorax"])
+    with pytest.raises(ValueError, match="one text per report"):
+        report_prompt_embeddings(encode_text, texts[:2], reports)

@@ -5,6 +5,11 @@ pleural effusion?", embed a positive prompt ("... pleural effusion.") and a nega
 one ("No pleural effusion."), compare the image with both, and softmax the two
 similarities. A prompt *ensemble* averages the embeddings of several phrasings
 first (CLIP's trick), which makes the answer less sensitive to one wording.
+
+Hand-written prompts must guess how the training text says a thing. The reports already
+say it: :func:`report_prompt_embeddings` takes, for each finding, the mean embedding of
+the training texts whose report mentions it as present, against the mean of the rest.
+The report labeler reads them; no image label is used, so it is still zero-shot.
 """
 from __future__ import annotations
 
@@ -79,3 +84,35 @@ def zero_shot_classify(image_embeddings, positive_embeddings, negative_embedding
     pos = img @ F.normalize(positive_embeddings.float(), dim=-1).t()
     neg = img @ F.normalize(negative_embeddings.float(), dim=-1).t()
     return torch.sigmoid((pos - neg) / temperature)
+
+
+def report_prompt_embeddings(encode_text, texts, reports, findings=PATHOLOGIES, labeler=None):
+    """Prompts read off the training reports: ``(positive (F, D), negative (F, D))``.
+
+    For each finding, ``positive`` is the mean of the L2-normalised embeddings of the ``texts``
+    (what the model was trained to match, e.g. the impressions) whose ``reports`` the labeler
+    reads as positive, and ``negative`` the mean over all the others. ``labeler`` (default
+    :func:`~medmm_lite.eval.labeler.label_report`) maps a report to ``{finding: 1, 0 or -1}``;
+    uncertain mentions count as not positive.
+    """
+    from ..eval.labeler import label_report
+
+    labeler = labeler or label_report
+    texts, reports = list(texts), list(reports)
+    if len(texts) != len(reports) or not texts:
+        raise ValueError(f"need one text per report and at least one: got {len(texts)} texts, {len(reports)} reports")
+    unique = sorted(set(texts))          # impressions repeat ("No acute cardiopulmonary process."): embed once
+    with torch.no_grad():
+        table = F.normalize(encode_text(unique).float(), dim=-1)
+    rows = {t: i for i, t in enumerate(unique)}
+    embedded = table[[rows[t] for t in texts]]
+    labels = [labeler(r) for r in reports]
+    pos, neg = [], []
+    for f in findings:
+        present = torch.tensor([lab.get(f, 0) == 1 for lab in labels])
+        if present.all() or not present.any():
+            raise ValueError(f"{f}: the labeler finds it in {int(present.sum())} of {len(reports)} reports; "
+                             "prompts from reports need both reports that state it and reports that do not")
+        pos.append(embedded[present].mean(0))
+        neg.append(embedded[~present].mean(0))
+    return torch.stack(pos), torch.stack(neg)

@@ -121,18 +121,79 @@ def sincos_pos_embed_2d(grid_h: int, grid_w: int, dim: int, cls_token: bool = Tr
     return pos.float().unsqueeze(0)
 
 
-class PatchEmbed(nn.Module):
-    """Images (B, C, H, W) -> patch tokens (B, N, dim), through a Conv2d with stride = kernel = p."""
+class ConvStem(nn.Sequential):
+    """A small convolutional stem in place of the single patch projection.
 
-    def __init__(self, image_size, patch_size: int, in_chans: int, dim: int):
+    log2(p) stride-2 3x3 convolutions (BatchNorm, GELU), widths growing to ``dim``, then a
+    1x1 projection: "Early convolutions help transformers see better" (Xiao et al. 2021).
+    One strided p x p matrix has to learn edges and blobs from a few thousand images; a
+    stack of 3x3 filters starts from the local structure a CNN gets for free.
+
+    With ``patchwise=True`` each p x p patch is convolved on its own (zero padding at the
+    patch's border), so a token sees only its own pixels: MAE's masking then hides a
+    patch completely, as it does with the linear projection.
+    """
+
+    def __init__(self, patch_size: int, in_chans: int, dim: int, patchwise: bool = False):
+        n_layers = int(math.log2(patch_size))
+        if 2 ** n_layers != patch_size or n_layers < 1:
+            raise ValueError(f"a conv stem needs a power-of-two patch_size >= 2, got {patch_size}")
+        widths = [max(16, dim // 2 ** (n_layers - 1 - i)) for i in range(n_layers)]
+        layers, channels = [], in_chans
+        for width in widths:
+            layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.GELU()]
+            channels = width
+        layers.append(nn.Conv2d(channels, dim, 1))
+        super().__init__(*layers)
+        self.patch_size, self.patchwise = patch_size, patchwise
+
+    def forward(self, images):
+        if not self.patchwise:
+            return super().forward(images)
+        B, C, H, W = images.shape
+        p, h, w = self.patch_size, H // self.patch_size, W // self.patch_size
+        patches = images.reshape(B, C, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(B * h * w, C, p, p)
+        tokens = super().forward(patches)  # (B*h*w, dim, 1, 1)
+        return tokens.reshape(B, h, w, -1).permute(0, 3, 1, 2)
+
+
+class PatchEmbed(nn.Module):
+    """Images (B, C, H, W) -> patch tokens (B, N, dim).
+
+    ``stem="linear"``: one Conv2d with stride = kernel = p (the original ViT, timm's layout);
+    ``stem="conv"``: a :class:`ConvStem` (same grid, same token count);
+    ``stem="conv_patchwise"``: the conv stem applied inside each patch.
+    """
+
+    def __init__(self, image_size, patch_size: int, in_chans: int, dim: int, stem: str = "linear"):
         super().__init__()
+        if stem not in ("linear", "conv", "conv_patchwise"):
+            raise ValueError(f"stem must be 'linear', 'conv' or 'conv_patchwise', got {stem!r}")
         self.image_size = _pair(image_size)
         self.patch_size = patch_size
         if self.image_size[0] % patch_size or self.image_size[1] % patch_size:
             raise ValueError(f"image_size {self.image_size} must be divisible by patch_size={patch_size}")
         self.grid_size = (self.image_size[0] // patch_size, self.image_size[1] // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.stem = stem
+        if stem == "linear":
+            self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        else:
+            self.proj = ConvStem(patch_size, in_chans, dim, patchwise=stem == "conv_patchwise")
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """The projection to tokens like a Linear on the flattened patch (xavier-uniform, MAE's init);
+        a conv stem's 3x3 layers keep PyTorch's default."""
+        proj = self.proj if self.stem == "linear" else self.proj[-1]
+        nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+        nn.init.zeros_(proj.bias)
+
+    @property
+    def crosses_patches(self) -> bool:
+        """True when a token sees pixels of the neighbouring patches (the full-image conv stem)."""
+        return self.stem == "conv"
 
     def forward(self, images):
         return self.proj(images).flatten(2).transpose(1, 2)  # (B, dim, h, w) -> (B, h*w, dim)
@@ -150,6 +211,9 @@ class ViT(nn.Module):
             sine-cosine, MAE's choice; stored as a frozen Parameter).
         pool: global feature = the [CLS] output (``"cls"``) or the mean of the patch outputs (``"mean"``).
         drop_path: stochastic-depth rate of the last block (linearly 0 -> rate over depth).
+        stem: how pixels become tokens: ``"linear"`` (one p x p projection, timm's ViT),
+            ``"conv"`` (a small convolutional stem, :class:`ConvStem`) or ``"conv_patchwise"``
+            (the same stem inside each patch, so no token sees its neighbours' pixels).
 
     ``forward(images)`` -> :class:`ImageFeatures` (global (B, dim), local (B, N, dim) =
     the final-normed patch tokens). Attributes: ``dim``, ``local_dim``, ``grid_size``,
@@ -167,8 +231,11 @@ class ViT(nn.Module):
 
     def __init__(self, image_size, patch_size: int, in_chans: int = 1, dim: int = 128, depth: int = 4,
                  heads: int = 4, mlp_ratio: float = 4.0, pos_embed: str = "learned", pool: str = "cls",
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, stem: str = "linear"):
         super().__init__()
+        for name, value in (("patch_size", patch_size), ("dim", dim), ("depth", depth), ("heads", heads)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ViT needs {name} to be a positive integer, got {value!r}")
         if pos_embed not in ("learned", "sincos"):
             raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
         if pool not in ("cls", "mean"):
@@ -182,7 +249,8 @@ class ViT(nn.Module):
         self.pool = pool
         self.pos_embed_kind = pos_embed
 
-        self.patch_embed = PatchEmbed(self.image_size, patch_size, in_chans, dim)
+        self.stem = stem
+        self.patch_embed = PatchEmbed(self.image_size, patch_size, in_chans, dim, stem=stem)
         self.grid_size = self.patch_embed.grid_size
         self.num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -198,9 +266,7 @@ class ViT(nn.Module):
         """timm / MAE initialisation (see ``init_transformer_weights``); the patch
         projection is initialised like a Linear on the flattened patch (xavier-uniform)."""
         self.apply(init_transformer_weights)
-        w = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.proj.bias)
+        self.patch_embed.reset_parameters()
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         if self.pos_embed_kind == "sincos":
             self.pos_embed.copy_(sincos_pos_embed_2d(*self.grid_size, self.dim, cls_token=True))
@@ -238,4 +304,4 @@ class ViT(nn.Module):
 
     def extra_repr(self):
         return (f"image_size={self.image_size}, patch_size={self.patch_size}, grid_size={self.grid_size}, "
-                f"pos_embed={self.pos_embed_kind!r}, pool={self.pool!r}")
+                f"pos_embed={self.pos_embed_kind!r}, pool={self.pool!r}, stem={self.stem!r}")

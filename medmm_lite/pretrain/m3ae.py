@@ -189,6 +189,9 @@ class M3AE(nn.Module):
             brightness ("large effusion" = a white lung base), which per-patch normalisation removes.
         mask_token_id, special_ids: the tokenizer's [MASK] and its special tokens (never masked).
         mim_weight, mlm_weight, itm_weight: the weights of the three losses (summed).
+        stem: the patch embedding (see :class:`~medmm_lite.models.PatchEmbed`). A full-image conv
+            stem would let a kept patch see the pixels of its hidden neighbours, so use
+            ``"conv_patchwise"`` (the same layers, each patch convolved on its own) or ``"linear"``.
 
     ``forward(images, input_ids, attention_mask, image_mask_ratio=0.75, text_mask_prob=0.15,
     itm=True, generator=None, word_ids=None)`` -> :class:`M3AEOutput`, in two passes through the
@@ -204,7 +207,7 @@ class M3AE(nn.Module):
                  dim: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, decoder_dim: int = 64,
                  decoder_depth: int = 2, decoder_heads: int = 4, norm_pix_loss: bool = False,
                  mask_token_id: int = MASK_TOKEN_ID, special_ids=DEFAULT_SPECIAL_IDS, mim_weight: float = 1.0,
-                 mlm_weight: float = 1.0, itm_weight: float = 1.0):
+                 mlm_weight: float = 1.0, itm_weight: float = 1.0, stem: str = "linear"):
         super().__init__()
         if dim % 4 or dim % heads:
             raise ValueError(f"dim={dim} must be divisible by 4 (sin-cos positions) and by heads={heads}")
@@ -214,7 +217,10 @@ class M3AE(nn.Module):
         self.mask_token_id, self.special_ids = mask_token_id, tuple(special_ids)
         self.weights = {"mim": mim_weight, "mlm": mlm_weight, "itm": itm_weight}
 
-        self.patch_embed = PatchEmbed(image_size, patch_size, in_chans, dim)
+        self.patch_embed = PatchEmbed(image_size, patch_size, in_chans, dim, stem=stem)
+        if self.patch_embed.crosses_patches:
+            raise ValueError("M3AE hides patches after embedding them; a full-image conv stem lets kept patches "
+                             "see hidden ones. Use stem='conv_patchwise' (the same layers) or 'linear'")
         self.grid_size, self.num_patches = self.patch_embed.grid_size, self.patch_embed.num_patches
         self.image_size = self.patch_embed.image_size
         self.image_pos_embed = nn.Parameter(sincos_pos_embed_2d(*self.grid_size, dim, cls_token=False),
@@ -266,9 +272,7 @@ class M3AE(nn.Module):
         for module in [self.token_embed, self.text_pos_embed, self.modality_embed, self.blocks, self.norm,
                        self.itm_head, self.mlm_head.transform]:
             module.apply(init_transformer_weights)
-        w = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.proj.bias)
+        self.patch_embed.reset_parameters()
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.zeros_(self.mlm_head.decoder.bias)
         self.image_decoder.reset_parameters()
@@ -457,7 +461,13 @@ def build_m3ae(P: Profile, vocab_size: int, decoder_dim: int | None = None, deco
     """An M3AE for profile ``P``: the fusion transformer has the standard ViT's width and depth."""
     return M3AE(P.image_size, P.patch_size, vocab_size, P.max_text_len, dim=P.dim, depth=P.depth, heads=P.heads,
                 decoder_dim=decoder_dim or default_decoder_dim(P.dim), decoder_depth=decoder_depth,
-                decoder_heads=P.heads, norm_pix_loss=norm_pix_loss)
+                decoder_heads=P.heads, norm_pix_loss=norm_pix_loss, stem=masked_stem(P.vit_stem))
+
+
+def masked_stem(stem: str) -> str:
+    """The profile's ViT stem, made patchwise where it would cross patches: the layers (and so a
+    pretrained MAE's stem weights) stay the same, no kept patch sees a hidden one."""
+    return "conv_patchwise" if stem == "conv" else stem
 
 
 def default_text_steps(P: Profile, model: str) -> int:

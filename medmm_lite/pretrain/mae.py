@@ -23,7 +23,7 @@ from torch import nn
 
 from ..backbones import image_encoder
 from ..models import Block, ViT, patchify, sincos_pos_embed_2d, unpatchify
-from ..objectives.masking import mae_loss, random_masking, unshuffle
+from ..objectives.masking import keep_count, mae_loss, random_masking, unshuffle
 from ..profiles import Profile
 
 
@@ -110,8 +110,19 @@ class MAE(nn.Module):
         """Embed, drop ``mask_ratio`` of the patches, encode the rest: ``(latent, mask, ids_restore)``
         with ``latent`` (B, 1 + kept, dim), the [CLS] token first."""
         self.encoder.check_input(images)
-        x = self.encoder.embed_patches(images)
-        x, mask, ids_restore = random_masking(x, mask_ratio, generator=generator)
+        if not self.encoder.patch_embed.crosses_patches:
+            x = self.encoder.embed_patches(images)
+            x, mask, ids_restore = random_masking(x, mask_ratio, generator=generator)
+        else:
+            # A conv stem's kept tokens would see the borders of hidden patches: draw the same mask
+            # first, black out the hidden pixels, then embed and keep (ConvMAE's masked convolution).
+            B, N = images.shape[0], self.encoder.num_patches
+            _, mask, ids_restore = random_masking(images.new_zeros(B, N, 1), mask_ratio, generator=generator)
+            pixel_mask = unpatchify(mask[..., None].expand(-1, -1, self.patch_size ** 2 * self.in_chans),
+                                    self.patch_size, self.in_chans, self.encoder.grid_size)
+            x = self.encoder.embed_patches(images * (1 - pixel_mask))
+            kept = ids_restore.argsort(dim=1)[:, :keep_count(N, mask_ratio)]
+            x = torch.gather(x, 1, kept[..., None].expand(-1, -1, x.shape[-1]))
         latent = self.encoder.forward_tokens(self.encoder.prepend_cls(x))
         return latent, mask, ids_restore
 
