@@ -704,7 +704,8 @@ plt.title("MSE per hidden patch", fontsize=8);
 # %% tags=["check"]
 assert error_map is not None and error_map.shape == tuple(mae.encoder.grid_size), "one value per patch: reshape to the grid"
 assert (error_map >= 0).all() and error_map.max() > 0, "squared errors are >= 0, averaged over hidden patches only"
-print("correct: the largest errors sit at", np.unravel_index(error_map.argmax(), error_map.shape))
+row, col = (int(i) for i in np.unravel_index(error_map.argmax(), error_map.shape))
+print(f"correct: the largest errors sit at row {row}, column {col}")
 
 # %% [markdown]
 # 2. **Which words does the image help?** From `fill["by_word"]`, build a dict `image_gain`

@@ -409,7 +409,7 @@ ax.set_ylim(0.4, 1.0)
 ax.axhline(0.5, color="gray", ls=":")
 ax.set_ylabel("macro AUROC (95% CI)")
 ax.set_title("the same probe protocol, at the training sites and at an unseen one", fontsize=10)
-ax.legend(fontsize=8)
+ax.legend(fontsize=8);
 
 # %% [markdown]
 # The external site differs in two ways at once: its **scanner** (contrast, noise, blur, its
@@ -605,7 +605,7 @@ ax.set_ylim(-0.02, max(0.02, y_dec.mean() * 1.2))
 ax.set_xlabel("threshold probability t")
 ax.set_ylabel("net benefit (true positives per patient)")
 ax.set_title(f"decision curve: urgent read if p({DECISION_FINDING}) >= t (shaded: beats both)", fontsize=10)
-ax.legend(fontsize=8)
+ax.legend(fontsize=8);
 
 # %% [markdown]
 # At these resolutions a small apical pneumothorax is a few pixels: the image probe ranks it

@@ -199,4 +199,4 @@ def test_sync_urls_moves_the_repository_without_rebuilding_a_notebook(tmp_path):
          "or release_of_this_version or version_is_one"],
         cwd=copy, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "failed" not in result.stdout
+    assert " passed" in result.stdout and not re.search(r"\b\d+ failed", result.stdout)

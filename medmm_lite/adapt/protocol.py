@@ -183,9 +183,10 @@ def supervised_baseline(P, data, *, seed: int = 0, dataset: str = "synthcxr", fr
     from ..backbones import image_encoder
 
     cohort = data.cohort
-    key = {"profile": P.name, "dataset": dataset, "n_studies": len(cohort), "image_size": P.image_size,
-           "dim": P.dim, "depth": P.depth}
     steps, batch_size = supervised_budget(P)
+    key = {"profile": P.name, "dataset": dataset, "n_studies": len(cohort), "image_size": P.image_size,
+           "dim": P.dim, "depth": P.depth, "vit_stem": P.vit_stem, "vit_pool": P.vit_pool, "steps": steps,
+           "batch_size": batch_size}
     return supervised_curve(lambda: image_encoder(P), cohort, data.splits, fractions=fractions, steps=steps,
                             batch_size=batch_size, lr=P.lr, seed=seed, device=device or P.device, amp=P.amp,
                             cache_key=key, progress=progress)

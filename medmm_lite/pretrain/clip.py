@@ -335,7 +335,8 @@ def data_fingerprint(data) -> str:
 def profile_key(P) -> dict:
     """The profile sizes that shape a pretrained model."""
     return {"profile": P.name, "image_size": P.image_size, "patch_size": P.patch_size, "dim": P.dim,
-            "depth": P.depth, "heads": P.heads, "max_text_len": P.max_text_len}
+            "depth": P.depth, "heads": P.heads, "max_text_len": P.max_text_len, "vit_stem": P.vit_stem,
+            "vit_pool": P.vit_pool}
 
 
 def build_clip(P, vocab_size: int, *, seed: int = 0, temperature: float | None = None, projection: str = "mlp",
