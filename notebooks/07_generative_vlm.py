@@ -67,7 +67,7 @@ from torch import nn
 import medmm_lite
 from medmm_lite import data as D
 from medmm_lite import vlm
-from medmm_lite.adapt import pathology_auroc, prompt_embeddings, zero_shot_classify
+from medmm_lite.adapt import pathology_auroc, report_prompt_embeddings, zero_shot_classify
 from medmm_lite.pretrain import clip as CL
 from medmm_lite.vlm import instructions as I
 from medmm_lite.vlm import model as M
@@ -509,10 +509,11 @@ plt.show()
 
 # %% [markdown]
 # **What the answers use.** Presence is read from the image: its accuracy is well above 0.5 and
-# falls to about 0.5 when the model is shown another study's image. Side and size are not, at
-# this budget: their accuracy is that of the majority answer and of the blind control. They are
-# *local* properties (which half of the chest, how much of it), and the frozen CLIP ViT was only
-# ever trained through its global token: nothing asked its patch tokens to say *where* something
+# falls to about 0.5 when the model is shown another study's image. Side is read from it a
+# little: above the majority answer and the blind control, far below presence. Size is not, at
+# this budget: its accuracy is that of the majority answer. Side and size are *local* properties
+# (which half of the chest, how much of it), and the frozen CLIP ViT was only ever trained
+# through its pooled global feature: nothing asked its patch tokens to say *where* something
 # is. That is the gap local alignment (lesson 03) fills, and why LLaVA-Med and MAIRA-2 start from
 # encoders trained on many more images. The same shows in grounding below.
 #
@@ -553,7 +554,8 @@ plt.show()
 # An instruction-tuned VLM is also a classifier: ask "is there X?" and read the probability of
 # the answer token, $p(\text{yes}) / (p(\text{yes}) + p(\text{no}))$, one forward pass per
 # image and finding (`vlm.classify_by_instruction`). Lesson 02's zero-shot CLIP compared each
-# image with a positive and a negative prompt; both use no label at test time, but the VLM's
+# image with a positive and a negative prompt (here the prompts it chose on validation, read off
+# the training reports); both use no label at test time, but the VLM's
 # stage 2 saw labels *through its instructions*, so it is a supervised method in disguise: this
 # is the comparison lesson 09 continues.
 
@@ -563,7 +565,9 @@ instr_scores = vlm.classify_by_instruction(model, test_images, image_features=fe
 instr = pathology_auroc(test_labels, torch.as_tensor(instr_scores))
 instr1 = pathology_auroc(test_labels, torch.as_tensor(vlm.classify_by_instruction(
     stage1, test_images, image_features=features[test_idx])))
-positive, negative = prompt_embeddings(CL.text_embedder(clip_model, data.tokenizer))
+train_reports = [cohort.reports[i] for i in train_idx]      # lesson 02's prompts, read off the reports
+positive, negative = report_prompt_embeddings(CL.text_embedder(clip_model, data.tokenizer),
+                                              [CL.impression(r) for r in train_reports], train_reports)
 zero = pathology_auroc(test_labels, zero_shot_classify(CL.embed_images(clip_model, test_images), positive, negative))
 print(f"macro AUROC over the 9 pathologies: instruction-tuned VLM {instr['macro']:.3f}, "
       f"stage 1 only {instr1['macro']:.3f}, zero-shot CLIP (lesson 02) {zero['macro']:.3f}")
@@ -597,8 +601,8 @@ print(f"lesson run time so far: {time.perf_counter() - started:.0f} s")
 # * Closed questions must be balanced and compared with the majority answer and an image-blind
 #   control; boxes written as text can be scored by IoU; open answers by clinical F1 and
 #   hallucination counts, not by word overlap. Here, at this budget, the answers use the image for
-#   *whether* a finding is there, not for *where* or *how large*: the frozen encoder's patch tokens
-#   were never trained to be local (lesson 03).
+#   *whether* a finding is there, a little for *which side*, not for *how large*: the frozen
+#   encoder's patch tokens were never trained to be local (lesson 03).
 # * Batched generation left-pads the prompts and uses the KV cache; greedy answers with and
 #   without the cache are identical.
 #
