@@ -110,19 +110,16 @@ class MAE(nn.Module):
         """Embed, drop ``mask_ratio`` of the patches, encode the rest: ``(latent, mask, ids_restore)``
         with ``latent`` (B, 1 + kept, dim), the [CLS] token first."""
         self.encoder.check_input(images)
-        if not self.encoder.patch_embed.crosses_patches:
-            x = self.encoder.embed_patches(images)
-            x, mask, ids_restore = random_masking(x, mask_ratio, generator=generator)
-        else:
-            # A conv stem's kept tokens would see the borders of hidden patches: draw the same mask
-            # first, black out the hidden pixels, then embed and keep (ConvMAE's masked convolution).
-            B, N = images.shape[0], self.encoder.num_patches
-            _, mask, ids_restore = random_masking(images.new_zeros(B, N, 1), mask_ratio, generator=generator)
-            pixel_mask = unpatchify(mask[..., None].expand(-1, -1, self.patch_size ** 2 * self.in_chans),
-                                    self.patch_size, self.in_chans, self.encoder.grid_size)
-            x = self.encoder.embed_patches(images * (1 - pixel_mask))
-            kept = ids_restore.argsort(dim=1)[:, :keep_count(N, mask_ratio)]
-            x = torch.gather(x, 1, kept[..., None].expand(-1, -1, x.shape[-1]))
+        # Draw the mask first and black out the hidden pixels before embedding: a conv stem's kept
+        # tokens would otherwise see the borders of hidden patches (ConvMAE's masked convolution);
+        # with a linear or patchwise stem the kept tokens are the same either way.
+        B, N = images.shape[0], self.encoder.num_patches
+        _, mask, ids_restore = random_masking(images.new_zeros(B, N, 1), mask_ratio, generator=generator)
+        pixel_mask = unpatchify(mask[..., None].expand(-1, -1, self.patch_size ** 2 * self.in_chans),
+                                self.patch_size, self.in_chans, self.encoder.grid_size)
+        x = self.encoder.embed_patches(images * (1 - pixel_mask))
+        kept = ids_restore.argsort(dim=1)[:, :keep_count(N, mask_ratio)]
+        x = torch.gather(x, 1, kept[..., None].expand(-1, -1, x.shape[-1]))
         latent = self.encoder.forward_tokens(self.encoder.prepend_cls(x))
         return latent, mask, ids_restore
 
