@@ -61,6 +61,22 @@ def test_supervised_curve_learns_something_and_records_models(small):
     assert LABEL_FRACTIONS == (0.01, 0.1, 1.0)
 
 
+def test_supervised_curve_does_not_depend_on_what_ran_before(small):
+    """Lesson 01 and lesson 03 must get the same baseline: the model's initialisation is drawn from
+    ``seed``, not from whatever the global random state holds when the curve is called."""
+    cohort, splits = small
+    P = medmm_lite.profile("smoke")
+
+    def curve():
+        return supervised_curve(lambda: backbones.image_encoder(P), cohort, splits, fractions=(1.0,), steps=3,
+                                batch_size=32, lr=1e-3, seed=5, progress=False)[1.0]["test_scores"]
+
+    torch.manual_seed(0)
+    first = curve()
+    torch.rand(1000)                     # a lesson that drew random numbers in between
+    assert torch.equal(first, curve())
+
+
 @pytest.mark.parametrize("augment", [light_augment, simclr_augment, random_resized_crop, gaussian_blur])
 def test_augmentations_keep_shape_range_and_are_seeded(augment):
     x = torch.rand(6, 1, 32, 32)

@@ -127,6 +127,8 @@ def supervised_curve(build_encoder, cohort, splits, *, fractions=LABEL_FRACTIONS
                      progress=True) -> dict:
     """Train ``Classifier(build_encoder())`` from scratch at each label fraction; test AUROC.
 
+    Each model is initialised from ``seed`` under a forked random state, so the curve is the same
+    whatever ran before it in a lesson (and a cached model is the one this call would train).
     With ``cache_key`` (profile, seed, sizes...), each trained model is cached by
     ``load_or_train``, so a later lesson gets the baseline without retraining.
     """
@@ -144,7 +146,9 @@ def supervised_curve(build_encoder, cohort, splits, *, fractions=LABEL_FRACTIONS
                                     progress=progress, desc=f"supervised {fraction:.0%}")
 
         def build():
-            return Classifier(build_encoder())
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return Classifier(build_encoder())
 
         if cache_key is not None:
             key = {**cache_key, "fraction": fraction, "steps": steps, "batch_size": batch_size, "lr": lr,
