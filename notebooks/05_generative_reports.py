@@ -23,11 +23,12 @@
 # trained model is also a product of its own (a draft report), which is why generative studies
 # are scored on the text they write, and why that scoring needs care.
 #
-# You will: turn reports into decoder targets, build the teacher-forcing loss by hand, train an
-# encoder-decoder captioner, write reports with greedy, sampling and beam decoding, score them
+# You will: turn reports into decoder targets, build the teacher-forcing loss by hand, train a
+# decoder to write from lesson 02's frozen CLIP encoder, write reports with greedy, sampling and beam decoding, score them
 # with BLEU, ROUGE-L and clinical F1 against trivial baselines, find where lexical and clinical
-# metrics disagree, count hallucinated findings, and measure what writing reports taught the
-# image encoder (a linear probe against lesson 01's supervised baseline).
+# metrics disagree, count hallucinated findings, compare with the same decoder on an encoder
+# trained from scratch, and measure what writing reports taught that encoder (a linear probe
+# against lesson 01's supervised baseline).
 
 # %% tags=["parameters"]
 PROFILE = "auto"     # "smoke" (CI), "cpu" (laptop), "gpu", or "auto"
@@ -60,7 +61,7 @@ from medmm_lite.adapt import probe_curve, supervised_baseline
 from medmm_lite.eval import bootstrap_ci, hallucinations, label_report, labels_matrix, report_metrics, rouge_l
 from medmm_lite.models import count_parameters
 from medmm_lite.pretrain import caption as C
-from medmm_lite.pretrain.clip import recalibrate_batchnorm
+from medmm_lite.pretrain.clip import pretrain_clip, recalibrate_batchnorm
 from medmm_lite.pretrain.m3ae import derangement
 
 P = medmm_lite.profile(PROFILE)
@@ -114,18 +115,20 @@ assert ids[example, 0] == tok.bos_token_id and ids[example, int(mask[example].su
 # causal text decoder (lesson 01's `TextDecoder`) has a cross-attention layer over the memory, so
 # each word can look at the regions it needs ("left lower lobe").
 #
-# The image encoder is the course's small **CNN**, not the ViT of lessons 02-04. Report
-# generators (R2Gen and most since) start from a CNN; here the reason is measured: with the ViT,
-# at this lesson's budget, the decoder learns the language of the reports and ignores the image
-# completely (its test loss is the same with the right images as with shuffled ones), while with
-# the CNN it does not. Lesson 01 found the same for plain classification: trained from scratch on
-# a few thousand images, the CNN's built-in prior beats anything the ViT can learn.
-
+# The image encoder is **lesson 02's CLIP ViT, frozen**: the way LLaVA reads images with a CLIP
+# ViT and most report generators start from an encoder pretrained elsewhere. CLIP has already
+# learned which parts of a radiograph its report talks about; the captioner only learns to turn
+# that into words (the projection, the region positions and the decoder train; the ViT does not).
+# Section 11 trains the same decoder on an encoder from scratch, the control that shows what the
+# pretrained start is worth. `pretrain_clip` loads lesson 02's model from the cache, or trains it.
 # %%
-untrained = C.build_caption(P, len(tok), seed=SEED).eval()    # the initial weights of the model trained below
+clip_model, _ = pretrain_clip(P, data, seed=SEED)
+untrained = C.build_caption(P, len(tok), seed=SEED, encoder="clip",      # the initial weights of the
+                            pretrained=clip_model.image_encoder).eval()   # model trained below
 n_enc, n_dec = count_parameters(untrained.image_encoder), count_parameters(untrained.decoder)
-print(f"image encoder {n_enc:,} parameters, projection and positions "
-      f"{count_parameters(untrained) - n_enc - n_dec:,}, decoder {n_dec:,}")
+print(f"image encoder {n_enc:,} parameters (frozen), projection and positions "
+      f"{count_parameters(untrained) - n_enc - n_dec:,}, decoder {n_dec:,}; "
+      f"{count_parameters(untrained, trainable_only=True):,} trained")
 batch = {"image": cohort.images[train_idx[:8]], "input_ids": ids[train_idx[:8]],
          "attention_mask": mask[train_idx[:8]]}
 with torch.no_grad():
@@ -183,9 +186,14 @@ print(f"untrained: {by_hand.item():.3f} nats per token; a uniform guess over the
 # swap the side a report names), and three times the profile's learning rate (measured: at the
 # profile's own rate the run ends while the decoder is still learning the language, before it
 # starts to use the image). Validation loss is measured ten times along the way.
+# `encoder="clip"` builds the model above from lesson 02's CLIP and keeps the ViT frozen. A frozen
+# encoder needs no backward pass, so its steps are cheaper than those of a model that trains its
+# encoder too: this one gets half as many steps again as the profile's, and section 11 prints
+# its training time beside the control's, which trains the whole model for the profile's steps.
 
 # %%
-model, info = C.pretrain_caption(P, data, seed=SEED, text=TEXT, dataset=DATASET)
+CAPTION_STEPS = 3 * P.steps // 2
+model, info = C.pretrain_caption(P, data, seed=SEED, text=TEXT, dataset=DATASET, encoder="clip", steps=CAPTION_STEPS)
 history = info["history"]
 device = next(model.parameters()).device
 print(f"{len(history)} steps, {history.seconds:.0f} s of training", "(loaded from the cache)" if info["cached"] else "")
@@ -228,7 +236,8 @@ medmm_lite.record("caption_image_loss_ratio", loss_test / loss_shuffled)
 assert loss_test < 0.5 * loss_untrained
 
 # %% [markdown]
-# The right image lowers the loss a little: the rest is language. On which words? The image's
+# With another study's image the decoder has only the language of the reports to go on; the gap
+# to the loss with the right image is what it reads from the image. On which words? The image's
 # help per word, as the loss with a shuffled image minus the loss with the right one, averaged
 # over every time the word is a target:
 
@@ -313,6 +322,7 @@ for name, options in DECODING.items():
     print(f"{name:6s} {seconds:5.1f} s for {len(test_idx)} reports: {len(set(generated[name])):4d} different "
           f"reports, {words:4.1f} words on average (true reports: {np.mean([len(r.split()) for r in references]):.1f})")
 assert generated["sample"] == C.generate_reports(model, test_images, tok, seed=SEED, **DECODING["sample"])
+medmm_lite.record("distinct_reports_greedy_frac", len(set(generated["greedy"])) / len(test_idx))
 
 # %%
 def wrap(text, width=110, indent="    "):
@@ -400,12 +410,11 @@ print(f"clinical F1 (micro), beam minus most common report: {point:+.3f} (95% in
 # against other studies) shows how much of it comes from reading the image: compare the last line
 # printed, where BLEU barely cares which study a report is about.
 #
-# What the committed cpu run shows: greedy decoding writes one sentence for every image, the most
-# common training report, and scores exactly that baseline. Beam search beats the baseline, but
-# most of its margin survives scoring its reports against *other* studies: it is the template
-# (tubes, lines, effusions that often go together), not the image. Only the gap between the beam
-# row and the last row is the image's share. A captioner this small, trained for minutes, mostly
-# writes the cohort's average report; section 9 counts what that costs.
+# The line under the table separates the two. What survives scoring the beam reports against
+# *another* study's findings is the template (tubes, lines, effusions that often go together), not
+# the image; only the gap between the beam row and the last row is what the model read from this
+# patient's image. The interval above says whether beam's margin over the most common report is
+# more than the luck of this test set.
 #
 # ## 8. When the metrics disagree
 #
@@ -577,19 +586,68 @@ for row, k in zip(axes, picks):
 fig.tight_layout()
 
 # %% [markdown]
-# ## 11. What did writing reports teach the encoder?
+# ## 11. The control: the same decoder on an encoder trained from scratch
 #
-# Captioning is pretraining too: throw the decoder away, freeze the image encoder, and train a
-# linear probe on 1%, 10% and 100% of the training labels (lesson 01's protocol). References:
-# the same CNN untrained (random features are a fair baseline for a CNN; its BatchNorm statistics
-# recomputed on the training images as for the trained one) and lesson 01's supervised ViT trained
-# on those labels from scratch (loaded from the cache if lesson 01 ran).
+# Was it the pretrained encoder? Train the same captioner, same steps, data and learning rate,
+# with an image encoder that starts from random weights and learns along with the decoder. It is
+# the course's small CNN, the stronger of the two encoders from scratch (lesson 01), as in R2Gen.
+# Each row is scored as above: the image's share of the loss, how many different reports greedy
+# decoding writes for the test images, clinical F1 and hallucinated findings of the beam reports.
 
 # %%
-recalibrate_batchnorm(untrained.image_encoder, cohort.images[train_idx])
+scratch, scratch_info = C.pretrain_caption(P, data, seed=SEED, text=TEXT, dataset=DATASET, encoder="cnn")
+
+
+def scorecard(m, greedy=None, beam=None):
+    own = C.caption_loss(m, test_images, test_ids, test_mask)
+    other_image = C.caption_loss(m, test_images[shuffle], test_ids, test_mask)
+    greedy = greedy or C.generate_reports(m, test_images, tok, "greedy")
+    beam = beam or C.generate_reports(m, test_images, tok, "beam", num_beams=4)
+    return {"image loss ratio": own / other_image, "distinct greedy": len(set(greedy)) / len(test_idx),
+            "clinical F1 (beam)": report_metrics(references, beam)["clinical_f1_micro"],
+            "hallucinated/report": hallucinations(beam, y_test)["per_report_mean"]}
+
+
+cards = {"CLIP ViT, frozen (this lesson)": scorecard(model, generated["greedy"], generated["beam"]),
+         "CNN from scratch (control)": scorecard(scratch)}
+seconds = {"CLIP ViT, frozen (this lesson)": history, "CNN from scratch (control)": scratch_info["history"]}
+columns = list(cards["CNN from scratch (control)"]) + ["steps", "training s"]
+print(f"{'':31s}" + "".join(f"{k:>20s}" for k in columns))
+for name, card in cards.items():
+    h = seconds[name]
+    print(f"{name:31s}" + "".join(f"{v:20.3f}" for v in card.values()) + f"{len(h):20d}{h.seconds:20.0f}")
+print(f"{'most common training report':31s}{'':20s}{1 / len(test_idx):20.3f}"
+      f"{rows['most common training report']['clinical_f1_micro']:20.3f}")
+control = cards["CNN from scratch (control)"]
+medmm_lite.record("scratch_caption_image_loss_ratio", control["image loss ratio"])
+medmm_lite.record("scratch_distinct_reports_greedy_frac", control["distinct greedy"])
+medmm_lite.record("scratch_clinical_f1_micro_beam", control["clinical F1 (beam)"])
+medmm_lite.record("scratch_hallucinations_per_report_beam", control["hallucinated/report"])
+
+# %% [markdown]
+# An image loss ratio of 1 means the image changes nothing; a greedy decoder that writes one report
+# for every patient has a distinct share of one in the number of test images. Trained from scratch
+# for this budget, the decoder learns the reports' language long before the encoder learns to see,
+# and once it can lower the loss from language alone the image's gradient is small: the table
+# shows how far the control got. Starting from an encoder that already sees is what LLaVA and the
+# report generators since R2Gen do, and here it is the difference between a model that writes the
+# cohort's average report and one that reads the image.
+#
+# ## 12. What did writing reports teach the encoder?
+#
+# The frozen ViT learned nothing from the reports; the control's CNN did all its learning from
+# them. Captioning is pretraining too: throw the control's decoder away, freeze its image encoder,
+# and train a linear probe on 1%, 10% and 100% of the training labels (lesson 01's protocol).
+# References: the same CNN untrained (random features are a fair baseline for a CNN; its
+# BatchNorm statistics recomputed on the training images as for the trained one) and lesson 01's
+# supervised ViT trained on those labels from scratch (loaded from the cache if lesson 01 ran).
+
+# %%
+untrained_cnn = C.build_caption(P, len(tok), seed=SEED).eval()     # the control's initial weights
+recalibrate_batchnorm(untrained_cnn.image_encoder, cohort.images[train_idx])
 probes = {name: probe_curve(encoder, cohort, splits, steps=P.probe_steps, seed=SEED)
-          for name, encoder in (("captioning CNN (frozen)", model.image_encoder),
-                                ("untrained CNN (frozen)", untrained.image_encoder))}
+          for name, encoder in (("captioning CNN (frozen)", scratch.image_encoder),
+                                ("untrained CNN (frozen)", untrained_cnn.image_encoder))}
 supervised = supervised_baseline(P, data, seed=SEED, dataset=DATASET)
 curves = {**probes, "supervised ViT (lesson 01)": supervised}
 fractions = list(supervised)
@@ -635,8 +693,11 @@ fig.tight_layout()
 # - A captioner factorises $p(\text{report} \mid \text{image})$ left to right and trains with
 #   teacher forcing: one forward pass, a causal mask, cross-entropy on the next token with padding
 #   set to -100.
-# - Most of the loss is language. The image's share is small and sits on a few words (section 5's
-#   bar chart); shuffling the images is the test that shows whether a model reads them at all.
+# - Most of the loss is language. The image's share sits on a few words (section 5's bar chart);
+#   shuffling the images is the test that shows whether a model reads them at all.
+# - Start from an encoder that already sees: on lesson 02's frozen CLIP ViT the decoder reads the
+#   image within the budget; the same decoder on an encoder from scratch (section 11) mostly writes
+#   the cohort's average report.
 # - Decoding matters as much as training: greedy commits early, sampling varies and can draw
 #   findings the image does not support, beam search finds likelier whole reports, and a likely
 #   report can still carry findings that merely tend to come together.
@@ -705,9 +766,11 @@ print(f"correct: {words_by_penalty[0.0]:.1f} words without the length normalisat
       f"{words_by_penalty[1.0]:.1f} with it")
 
 # %% [markdown]
-# 4. **Going further** (longer runs, no check). (a) Train with the ViT,
-#    `C.pretrain_caption(P, data, seed=SEED, encoder="vit")`, and compare its test loss with the
-#    right and with shuffled images (section 5). (b) Train on whole reports (`text="report"`) and
+# 4. **Going further** (longer runs, no check). (a) Fine-tune the CLIP ViT instead of freezing
+#    it: build the model of section 3, replace `model.image_encoder` by
+#    `model.image_encoder.module.requires_grad_(True)`, train it with `fit` and `C.caption_step`,
+#    and compare its image loss ratio with section 5's (`benchmarks/caption_encoders.py` does this
+#    for every encoder). (b) Train on whole reports (`text="report"`) and
 #    score the findings of what it writes (`C.report_section(generated, "findings")`) against
 #    the true findings: does writing the impression as well help?
 #

@@ -10,7 +10,7 @@ import medmm_lite
 from medmm_lite.data.tensors import TensorDictDataset
 from medmm_lite.data.tokenizer import encode_for_decoder, train_tokenizer
 from medmm_lite.eval import bleu, clinical_f1, hallucinations, report_metrics, rouge_l
-from medmm_lite.models import CNNEncoder, TextDecoder, ViT
+from medmm_lite.models import CNNEncoder, TextDecoder, ViT, count_parameters
 from medmm_lite.pretrain import caption as C
 from medmm_lite.train import fit
 
@@ -212,6 +212,32 @@ def test_pretrain_caption_trains_once_then_loads_the_same_weights(tiny_data):
     assert isinstance(model.image_encoder, CNNEncoder) and model.image_encoder.dim == model.image_encoder.local_dim
     texts = C.generate_reports(again, data.cohort.images[:3], data.tokenizer, max_new_tokens=5)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+
+def test_a_captioner_on_clips_encoder_trains_only_the_decoder_side(tiny_data):
+    """encoder="clip": lesson 02's image tower, frozen. Its weights and its BatchNorm statistics
+    come out of training exactly as CLIP left them; the projection and the decoder learn."""
+    from medmm_lite.models.frozen import FrozenEncoder
+    from medmm_lite.pretrain.clip import pretrain_clip
+
+    P, data = tiny_data
+    clip_model, _ = pretrain_clip(P, data, seed=0, progress=False)
+    model, info = C.pretrain_caption(P, data, seed=0, encoder="clip", progress=False)
+    assert not info["cached"] and isinstance(model.image_encoder, FrozenEncoder)
+    for (name, a), b in zip(clip_model.image_encoder.state_dict().items(),
+                            model.image_encoder.module.state_dict().values()):
+        assert torch.equal(a, b), name                       # BatchNorm running stats included
+    untrained = C.build_caption(P, len(data.tokenizer), seed=0, encoder="clip",
+                                pretrained=clip_model.image_encoder, max_len=int(data.input_ids.shape[1]))
+    assert not torch.equal(untrained.projection.weight, model.projection.weight)
+    assert count_parameters(model, trainable_only=True) == count_parameters(model) - count_parameters(
+        model.image_encoder)
+    model.train()
+    assert not model.image_encoder.module.training
+    with pytest.raises(ValueError, match="pretrained"):
+        C.build_caption(P, len(data.tokenizer), encoder="clip")
+    with pytest.raises(ValueError, match="pretrained"):
+        C.build_caption(P, len(data.tokenizer), encoder="cnn", pretrained=clip_model.image_encoder)
 
 
 # --------------------------------------------------------------------------- scoring reports

@@ -251,3 +251,27 @@ def test_pretrain_coca_trains_once_then_loads_the_same_weights(tiny_data):
     assert len(texts) == 3
     encode = K.text_embedder(again, data.tokenizer)
     assert encode(["No pleural effusion.", "Pneumothorax."]).shape == (2, P.dim)
+
+
+def test_coca_can_start_its_image_side_from_clip(tiny_data):
+    """image_init="clip": the ViT and the image projection head start as lesson 02's CLIP left them
+    (and then train); the text side starts from the same seed as from scratch; another cache entry."""
+    from medmm_lite.pretrain.clip import pretrain_clip
+
+    P, data = tiny_data
+    clip_model, _ = pretrain_clip(P, data, seed=0, progress=False)
+    vocab, max_len = len(data.tokenizer), int(data.input_ids.shape[1])
+    started = K.start_from_clip(K.build_coca(P, vocab, seed=0, max_len=max_len), clip_model)
+    for (name, a), b in zip(clip_model.image_encoder.state_dict().items(),
+                            started.image_encoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    scratch = K.build_coca(P, vocab, seed=0, max_len=max_len)
+    for (name, a), b in zip(scratch.decoder.state_dict().items(), started.decoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    model, info = K.pretrain_coca(P, data, seed=0, image_init="clip", progress=False)
+    _, from_scratch = K.pretrain_coca(P, data, seed=0, progress=False)
+    assert not info["cached"] and info["path"] != from_scratch["path"]
+    assert any(not torch.equal(a, b) for a, b in zip(model.image_encoder.parameters(),
+                                                      clip_model.image_encoder.parameters()))   # it trained
+    with pytest.raises(ValueError, match="image_init"):
+        K.pretrain_coca(P, data, seed=0, image_init="imagenet", progress=False)

@@ -13,13 +13,18 @@ beam search, with a KV cache, :mod:`medmm_lite.models.generation`).
 
 Choices made here, and why:
 
-* **A CNN reads the image** (``encoder="cnn"``, the course's small ResNet), as in R2Gen
-  (Chen et al. 2020) and most report generators since, which start from a ResNet or DenseNet.
-  Measured on SynthCXR with the course's ViT instead (``encoder="vit"``), at the smoke and the
-  cpu profile's budgets: the decoder learns the language of the reports and ignores the image
-  (its test loss is the same with the right images as with shuffled ones); with the CNN it does
-  not. Lesson 01 found the same for plain classification: from scratch and at this budget, the
-  CNN's prior is worth more than anything the ViT learns (AUROC 0.86 vs 0.70 with all labels).
+* **Lesson 02's CLIP ViT reads the image, frozen** (``encoder="clip"``), as LLaVA reads images
+  with a CLIP ViT and most report generators start from a pretrained image encoder. Only the
+  projection, the region positions and the decoder learn. Measured at the cpu profile's budget
+  (``benchmarks/caption_encoders.py``; the table is in docs/performance.md): from scratch, the
+  decoder learns the reports' language long before the encoder learns to see, and writes nearly
+  one report for every patient; fine-tuning the CLIP ViT at the captioner's learning rate
+  unlearns what CLIP taught it within the run; frozen, the encoder's features already separate
+  the findings, and the decoder learns to read them.
+* From scratch, the course's small **CNN** (``encoder="cnn"``, the default of ``build_caption``,
+  as in R2Gen) is the stronger start: lesson 01 found its prior worth more than anything the
+  ViT learns from a few thousand images. It is lesson 05's control. ``encoder="vit"`` is the
+  ViT from scratch.
 * **Cross-attention to the region features**, not one global vector: a report says where a
   finding is ("left lower lobe"), and each generated word can look at the regions it needs. A
   learned position per region is added, since a CNN's feature map has no positions of its own.
@@ -47,6 +52,7 @@ Choices made here, and why:
 """
 from __future__ import annotations
 
+import copy
 from functools import partial
 
 import numpy as np
@@ -56,6 +62,7 @@ from torch import nn
 
 from ..data.augment import light_augment
 from ..data.tensors import TensorDictDataset
+from ..models.frozen import FrozenEncoder
 from ..models.generation import STRATEGIES, generate
 from ..models.text import TextDecoder
 from ..profiles import Profile
@@ -64,7 +71,7 @@ from .clip import SameGroupBatches, data_fingerprint, profile_key
 
 TEXTS = ("findings", "report", "impression")
 PROJECTIONS = ("linear", "none")
-ENCODERS = ("cnn", "vit")
+ENCODERS = ("cnn", "vit", "clip")
 IGNORE_INDEX = -100
 # The decoder learns fastest at a few times the profile's learning rate (measured: at the profile's
 # rate, 300 smoke steps end while the language model is still converging, before any image use).
@@ -262,14 +269,16 @@ def length_buckets(lengths, batch_size: int, max_buckets: int = 8) -> np.ndarray
 
 
 def build_caption(P: Profile, vocab_size: int, seed: int = 0, encoder: str = "cnn", projection: str = "linear",
-                  max_len: int | None = None) -> CaptionModel:
+                  max_len: int | None = None, pretrained: nn.Module | None = None) -> CaptionModel:
     """The course's captioning model for profile ``P``, initialised from ``seed`` without touching
-    the global random state: an image encoder (``"cnn"``, the default, or ``"vit"``; see the module
-    docstring) and a cross-attention ``TextDecoder`` of the profile's width and depth.
+    the global random state: an image encoder and a cross-attention ``TextDecoder`` of the
+    profile's width and depth.
 
-    The CNN is built without its final Linear, so its global feature is the average of the region
-    features the decoder reads (a linear probe then reads what captioning trained); the ViT is
-    mean-pooled for the same reason."""
+    ``encoder``: ``"cnn"`` (the default) or ``"vit"``, both from scratch, or ``"clip"``: a copy of
+    ``pretrained`` (lesson 02's ``clip_model.image_encoder``), frozen (``FrozenEncoder``). See the
+    module docstring. The CNN is built without its final Linear, so its global feature is the
+    average of the region features the decoder reads (a linear probe then reads what captioning
+    trained); the ViT is mean-pooled for the same reason."""
     from ..backbones import image_encoder, text_decoder
 
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 8:
@@ -278,9 +287,18 @@ def build_caption(P: Profile, vocab_size: int, seed: int = 0, encoder: str = "cn
         raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
     if projection not in PROJECTIONS:
         raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+    if (encoder == "clip") != (pretrained is not None):
+        raise ValueError("encoder='clip' starts from a pretrained image encoder: pass pretrained="
+                         "clip_model.image_encoder (from pretrain_clip); the other encoders start from scratch "
+                         "and take no pretrained module")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        images = image_encoder(P, kind="cnn", dim=None) if encoder == "cnn" else image_encoder(P, pool="mean")
+        if encoder == "clip":
+            images = FrozenEncoder(copy.deepcopy(pretrained))
+        elif encoder == "cnn":
+            images = image_encoder(P, kind="cnn", dim=None)
+        else:
+            images = image_encoder(P, pool="mean")
         context_dim = images.local_dim if projection == "none" else None
         decoder = text_decoder(P, vocab_size, cross_attention=True, context_dim=context_dim,
                                max_len=max_len or P.max_text_len)
@@ -301,7 +319,9 @@ def pretrain_caption(P: Profile, data, *, seed: int = 0, steps: int | None = Non
         lr: default ``CAPTION_LR_FACTOR`` times the profile's (see the module docstring).
         text: ``"findings"`` (default), ``"report"`` or ``"impression"`` (see ``report_section``).
         dataset: the dataset's name, part of the cache key.
-        encoder: ``"cnn"`` (default) or ``"vit"``; ``projection``: ``"linear"`` or ``"none"``.
+        encoder: ``"cnn"`` (default) or ``"vit"`` from scratch, or ``"clip"``: the image tower of
+            ``pretrain_clip(P, data, seed=seed)`` (trained or loaded here), frozen.
+        projection: ``"linear"`` or ``"none"``.
         augment: light crops, rotations and window changes while training (no flips).
         eval_points: how many times the validation loss is measured during training.
         buckets: batches come from this many length buckets at most (1: plain random batches).
@@ -310,7 +330,7 @@ def pretrain_caption(P: Profile, data, *, seed: int = 0, steps: int | None = Non
         ``(model, info)``: the model in eval mode on ``device``; ``info`` from ``load_or_train``.
         ``info["history"]`` is the ``fit`` History (``metrics["token_accuracy"]`` per step,
         ``evals`` with ``val_loss``). A CNN's BatchNorm statistics are recomputed for the final
-        weights on the training images (``clip.recalibrate_batchnorm``).
+        weights on the training images (``clip.recalibrate_batchnorm``); a frozen encoder keeps its own.
     """
     from ..hub import load_or_train
     from .clip import recalibrate_batchnorm
@@ -336,8 +356,19 @@ def pretrain_caption(P: Profile, data, *, seed: int = 0, steps: int | None = Non
     else:
         dataset_ = TensorDictDataset(**tensors)
 
+    pretrained, encoder_key = None, None
+    if encoder == "clip":
+        from pathlib import Path
+
+        from .clip import pretrain_clip
+
+        clip_model, clip_info = pretrain_clip(P, data, seed=seed, device=device, progress=progress)
+        pretrained = clip_model.image_encoder
+        encoder_key = Path(clip_info["path"]).name if clip_info.get("path") else "clip (not cached)"
+
     def build():
-        return build_caption(P, vocab_size, seed=seed, encoder=encoder, projection=projection, max_len=max_len)
+        return build_caption(P, vocab_size, seed=seed, encoder=encoder, projection=projection, max_len=max_len,
+                             pretrained=pretrained)
 
     def val_loss(model):
         return {"val_loss": caption_loss(model, data.cohort.images[val], ids[val], mask[val])}
@@ -349,12 +380,13 @@ def pretrain_caption(P: Profile, data, *, seed: int = 0, steps: int | None = Non
                       amp=P.amp, progress=progress, desc=f"captioning ({encoder}, {text})",
                       eval_fn=val_loss if len(val) else None, eval_every=max(1, steps // max(1, eval_points)),
                       rng=generator)
-        recalibrate_batchnorm(model.image_encoder, tensors["image"])   # the final weights' statistics
+        if not isinstance(model.image_encoder, FrozenEncoder):
+            recalibrate_batchnorm(model.image_encoder, tensors["image"])   # the final weights' statistics
         return history
 
     key = {**profile_key(P), "data": data_fingerprint(data), "dataset": dataset, "vocab_size": vocab_size,
            "seed": seed, "steps": steps, "lr": float(lr), "batch_size": batch_size, "text": text,
-           "encoder": encoder, "projection": projection, "augment": bool(augment), "eval_points": eval_points,
+           "encoder": encoder, "pretrained": encoder_key, "projection": projection, "augment": bool(augment), "eval_points": eval_points,
            "buckets": buckets}
     model, info = load_or_train("caption", train_fn, build_fn=build, key=key, device=device, retrain=retrain)
     return model.eval(), info

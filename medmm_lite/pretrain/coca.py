@@ -39,12 +39,13 @@ Choices made here, and why (compared with open_clip's ``coca_model.py`` and luci
 * **Not kept: the attentional poolers.** CoCa pools the ViT's tokens with learned queries: one
   query for the contrastive embedding, 256 for the decoder's memory, both over all of the ViT's
   output tokens. Here the image has 16 (smoke) or 64 (cpu) patches: there is nothing to
-  compress, so the decoder reads the ViT's output tokens themselves, its [CLS] and its patches
-  (after the ViT's final LayerNorm, with its learned positions), and the contrastive embedding
-  is the ViT's [CLS] output through lesson 02's two-layer projection head with a BatchNorm
-  (``clip.ProjectionHead``, whose reasons are in ``clip``'s docstring). The contrastive half is
-  therefore exactly lesson 02's CLIP except for the text tower; and the [CLS], which the
-  contrastive loss trains to summarise the findings, is one of the tokens the captioner reads.
+  compress, so the decoder reads the ViT's output tokens themselves, its global feature (the
+  mean of its patch outputs, the profile's ``vit_pool``) and its patches (after the ViT's final
+  LayerNorm, with its learned positions), and the contrastive embedding is that global feature
+  through lesson 02's two-layer projection head with a BatchNorm (``clip.ProjectionHead``, whose
+  reasons are in ``clip``'s docstring). The contrastive half is therefore exactly lesson 02's
+  CLIP except for the text tower; and the global feature, which the contrastive loss trains to
+  summarise the findings, is one of the tokens the captioner reads.
 * **The IMPRESSION is the text for both losses** (``text="impression"``, lesson 02's choice for
   CLIP, after CheXzero): the contrastive tower and the captioner read the same tokens, which is
   what "one model" means. The impression names what is present in a line or two (median 10
@@ -64,6 +65,11 @@ Choices made here, and why (compared with open_clip's ``coca_model.py`` and luci
   about 350 steps; lesson 02's CLIP shows the same plateau). One rate for every arm must not
   break one of them, so the profile's rate it is; the captioning arms pay for it with a slower
   start.
+* **The image tower may start from lesson 02's CLIP** (``image_init="clip"``: its ViT and image
+  projection head copied, then trained with the rest), as the paper's CoCa and most captioners
+  start from a pretrained encoder. From scratch at the cpu budget (``image_init="scratch"``), the
+  captioning term learns the reports' language long before the image and writes one impression
+  for every study (lesson 08 keeps that run as its control).
 * The ablations are the same model with one weight set to 0 (the paper's Table 8a):
   ``caption_weight=0`` is contrastive-only (the multimodal blocks are frozen and never run),
   ``contrastive_weight=0`` captioning-only (the [CLS], heads and temperature frozen and never
@@ -275,7 +281,7 @@ class CoCaModel(nn.Module):
         return torch.cat([features.global_features[:, None], features.local_features], dim=1)
 
     def image_memory(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> what the multimodal blocks cross-attend to: the ViT's [CLS] and patch outputs,
+        """(B, C, H, W) -> what the multimodal blocks cross-attend to: the ViT's global and patch outputs,
         (B, 1 + N, dim)."""
         return self.memory_of(self.image_encoder(images))
 
@@ -484,12 +490,22 @@ def freeze_unused(model: CoCaModel, contrastive_weight: float, caption_weight: f
     return model  # the tied output head is the token embedding, which the text tower reads: never frozen
 
 
+IMAGE_INITS = ("scratch", "clip")
+
+
+def start_from_clip(model: CoCaModel, clip_model: nn.Module) -> CoCaModel:
+    """Copy lesson 02's CLIP image side (its ViT and its image projection head) into ``model``."""
+    model.image_encoder.load_state_dict(clip_model.image_encoder.state_dict())
+    model.image_projection.load_state_dict(clip_model.image_projection.state_dict())
+    return model
+
+
 def pretrain_coca(P, data, *, seed: int = 0, steps: int | None = None, device=None, progress: bool = True,
                   dataset: str = "synthcxr", contrastive_weight: float = CONTRASTIVE_WEIGHT,
                   caption_weight: float = CAPTION_WEIGHT, text: str = "impression", negatives: str = "same_site",
                   lr: float | None = None, batch_size: int | None = None, augment: bool = True,
                   unimodal_depth: int | None = None, multimodal_depth: int | None = None, eval_points: int = 5,
-                  retrain: bool = False):
+                  image_init: str = "scratch", retrain: bool = False):
     """Train (or load from the cache) CoCa on the training split's image-text pairs.
 
     Args:
@@ -508,6 +524,8 @@ def pretrain_coca(P, data, *, seed: int = 0, steps: int | None = None, device=No
         augment: light crops, rotations and window changes while training (no flips).
         unimodal_depth, multimodal_depth: default ``default_depths(P.depth)``, the profile's depth split in half.
         eval_points: how many times the validation losses are measured while training.
+        image_init: ``"scratch"`` (default) or ``"clip"``: the ViT and image projection head start
+            from ``pretrain_clip(P, data, seed=seed)`` (trained or loaded here) and train with the rest.
 
     Returns:
         ``(model, info)``: the :class:`CoCaModel` in eval mode on ``device`` (``model.image_encoder`` is
@@ -520,6 +538,8 @@ def pretrain_coca(P, data, *, seed: int = 0, steps: int | None = None, device=No
     from .clip import recalibrate_batchnorm
 
     _check_weights(contrastive_weight, caption_weight)
+    if image_init not in IMAGE_INITS:
+        raise ValueError(f"image_init must be one of {IMAGE_INITS}, got {image_init!r}")
     if text not in TEXTS:
         raise ValueError(f"text must be one of {TEXTS}, got {text!r}")
     if negatives not in NEGATIVES:
@@ -539,9 +559,19 @@ def pretrain_coca(P, data, *, seed: int = 0, steps: int | None = None, device=No
     else:
         dataset_ = TensorDictDataset(**tensors)
 
+    clip_model, init_key = None, None
+    if image_init == "clip":
+        from pathlib import Path
+
+        from .clip import pretrain_clip
+
+        clip_model, clip_info = pretrain_clip(P, data, seed=seed, device=device, progress=progress)
+        init_key = Path(clip_info["path"]).name if clip_info.get("path") else "clip (not cached)"
+
     def build():
-        return build_coca(P, vocab_size, seed=seed, max_len=max_len, unimodal_depth=unimodal_depth,
-                          multimodal_depth=multimodal_depth)
+        model = build_coca(P, vocab_size, seed=seed, max_len=max_len, unimodal_depth=unimodal_depth,
+                           multimodal_depth=multimodal_depth)
+        return start_from_clip(model, clip_model) if clip_model is not None else model
 
     def val_losses(model):
         out = {}
@@ -578,11 +608,12 @@ def pretrain_coca(P, data, *, seed: int = 0, steps: int | None = None, device=No
            "seed": seed, "steps": steps, "lr": float(lr), "batch_size": batch_size, "text": text,
            "negatives": negatives, "augment": bool(augment), "contrastive_weight": float(contrastive_weight),
            "caption_weight": float(caption_weight), "unimodal_depth": unimodal_depth or default_depths(P.depth)[0],
-           "multimodal_depth": multimodal_depth or default_depths(P.depth)[1], "eval_points": eval_points}
+           "multimodal_depth": multimodal_depth or default_depths(P.depth)[1], "eval_points": eval_points,
+           "image_init": init_key or image_init}
     model, info = load_or_train("coca", train_fn, build_fn=build, key=key, device=device, retrain=retrain)
     return model.eval(), info
 
 
 __all__ = ["CoCaDecoder", "CoCaModel", "CoCaOutput", "CaptionView", "coca_loss", "coca_step", "caption_term",
-           "caption_nll", "build_coca", "default_depths", "pretrain_coca", "freeze_unused", "generate_reports", "text_embedder",
+           "caption_nll", "build_coca", "default_depths", "pretrain_coca", "freeze_unused", "start_from_clip", "IMAGE_INITS", "generate_reports", "text_embedder",
            "TEXTS", "NEGATIVES", "CONTRASTIVE_WEIGHT", "CAPTION_WEIGHT"]
