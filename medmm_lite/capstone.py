@@ -476,6 +476,14 @@ class BootstrapResult:
         a, r = self.arms.index(arm), self.arms.index(reference)
         return _interval(self.point[a] - self.point[r], self.replicates[a] - self.replicates[r], alpha)
 
+    def mean_difference(self, arms, references, alpha: float = 0.05) -> tuple[float, float, float]:
+        """The mean over ``arms`` minus the mean over ``references``, paired: what the review's
+        average over studies of multimodal minus unimodal pretraining measures."""
+        a = [self.arms.index(x) for x in arms]
+        r = [self.arms.index(x) for x in references]
+        return _interval(self.point[a].mean() - self.point[r].mean(),
+                         self.replicates[a].mean(0) - self.replicates[r].mean(0), alpha)
+
 
 def _interval(point, replicates, alpha):
     replicates = replicates[np.isfinite(replicates)]

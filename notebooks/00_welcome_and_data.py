@@ -56,7 +56,7 @@ from medmm_lite.plotting import draw_course_map, show_images
 
 P = medmm_lite.profile(PROFILE)
 medmm_lite.seed_everything(SEED)
-print(P)
+print(medmm_lite.profile_summary(P))
 
 # %% [markdown]
 # ## 1. The map

@@ -59,7 +59,7 @@ from medmm_lite.train import fit, warmup_cosine
 P = medmm_lite.profile(PROFILE)
 medmm_lite.seed_everything(SEED)
 device = torch.device(P.device)
-print(P)
+print(medmm_lite.profile_summary(P))
 
 # %% [markdown]
 # `prepare_data` is lesson 00 in one call: the cohort, splits by patient, a tokenizer trained on

@@ -75,7 +75,7 @@ from medmm_lite.widgets import prompt_playground, retrieval_browser
 P = medmm_lite.profile(PROFILE)
 medmm_lite.seed_everything(SEED)
 lesson_started = time.perf_counter()
-print(P)
+print(medmm_lite.profile_summary(P))
 
 # %% [markdown]
 # ## 1. The pairs

@@ -64,7 +64,7 @@ from medmm_lite.widgets import attention_viewer
 
 P = medmm_lite.profile(PROFILE)
 medmm_lite.seed_everything(SEED)
-print(P)
+print(medmm_lite.profile_summary(P))
 
 # %% [markdown]
 # ## 1. How small is small?
@@ -247,7 +247,7 @@ peaks = exact_info["history"].metrics["attention_peak"]
 print("attention_peak over the run:", np.round(peaks[:: max(1, len(peaks) // 8)], 2))
 
 # %% [markdown]
-# Within a few steps every word looks at every region alike. Why? Look at the inner softmax on a
+# Within a few dozen steps the maps lose most of their peak. Why? Look at the inner softmax on a
 # test batch: which word "owns" each region?
 
 # %%
@@ -266,9 +266,9 @@ print(f"a region's top word takes {top_share:.0%} of it; in {same_owner:.0%} of 
       "the same word of the sentence")
 
 # %% [markdown]
-# The same word takes the largest share of (nearly) every region of the image. Its attention
+# The same word takes the largest share of most regions of the image. Its attention
 # logits $\tau_1 \cdot \text{share}$ are then about equally large on every region, every other
-# word's about equally small: all maps are flat, and with the inner softmax near saturation,
+# word's about equally small: the maps flatten, and with the inner softmax near saturation,
 # little gradient can teach the words to split the regions. GLoRIA starts from a pretrained ResNet and BERT whose features already differ from
 # region to region and from word to word; trained from scratch at our budget, the region features
 # of an image start out (and stay) alike, and the competition among words collapses.
@@ -388,8 +388,7 @@ fig.tight_layout()
 # a study of the examples above and a word of its sentence ("left", "small", "the"), and see where
 # the local model's word looks (each map on its own colour scale again). Saved, it shows the first
 # four words of the first example. A map that is the same for every word says nothing about the
-# words, wherever it points (in the committed run the first example's four words all look at the
-# same place, the bottom middle of the image): look for a word whose map differs from its neighbours'.
+# words, wherever it points: look for a word whose map differs from its neighbours'.
 
 # %%
 example_words = merged_words(trials.input_ids[examples], data.tokenizer, trials.attention_mask[examples])
@@ -583,21 +582,21 @@ print(f"attention_peak of the local model: {first:.2f} in its first 20 steps, {l
 # * **Word merging.** Not the cause here: every report word is one token, and merging only drops
 #   punctuation and specials (section 2).
 # * **Run to run.** The committed run of this lesson was made with one CPU thread. The same
-#   lesson, seed, data and code with two threads (which changes nothing but the order in which
-#   floating-point sums are added) gave pointing accuracy 0.141 (local) and 0.126 (global) against
-#   the same random attention, 0.162: below it, with a paired interval for local minus random
-#   (-0.044 to -0.003) that excludes zero the other way round. Section 5's 60-step run is the
-#   same in both to the last printed digit; over hundreds of steps from scratch, rounding
-#   differences grow into different models. The bootstrap
-#   intervals resample the test studies; they say nothing about this training noise. So at this
-#   budget the pointing game does **not** show that the local model points better than random
-#   attention, nor that it does not: that needs several training runs (seeds), compared as in
-#   lesson 10. Your numbers, on another machine, will differ for the same reason.
+#   lesson, seed, data and code with two threads changes nothing but the order in which
+#   floating-point sums are added; section 5's 60-step run is the same in both to the last printed
+#   digit, but over hundreds of steps from scratch rounding differences grow into different models,
+#   and the pointing accuracies move by several points (docs/performance.md keeps both runs). The
+#   bootstrap intervals resample the test studies; they say nothing about this training noise. So
+#   one run at this budget can suggest that the local model points better than random attention,
+#   not establish it: that needs several training runs (seeds), compared as in lesson 10. Your
+#   numbers, on another machine, will differ for the same reason.
 #
-# Zero-shot adds a caveat of its own: the negative prompts for Support Devices ("No lines or
-# tubes.") share words with the reports that describe devices, and SynthCXR never negates devices,
-# so both arms score that finding *below* 0.5 (look at its per-finding AUROC): prompts must be
-# written in the words the model was trained on.
+# Zero-shot adds a caveat of its own (look at the per-finding chart of section 9): a fracture is
+# a few pixels of one rib, and neither arm's global embedding tells "rib fracture" from "no
+# fracture" better than a coin; the findings that fill a region (effusion, edema, an enlarged
+# heart) are where a prompt works. And in this run the local loss cost zero-shot and probe AUROC
+# against the global-only arm (the verdicts above): aligning words with regions did not make the
+# global embedding better.
 
 # %% [markdown]
 # ## Summary
@@ -606,13 +605,15 @@ print(f"attention_peak of the local model: {first:.2f} in its first 20 steps, {l
 #   a soft maximum over the words, and a contrastive loss in both directions beside the global one.
 #   The batched loss equals GLoRIA's per-report loop and is much faster.
 # - Trained from scratch, GLoRIA's two-softmax attention collapses within a few dozen steps (one
-#   word takes every region, all maps go flat). One softmax over word-region cosines, same
+#   word takes most regions, the maps lose their peaks). One softmax over word-region cosines, same
 #   temperature, avoids that collapse; its maps still flatten over the run.
 # - The attention maps say where a word looks; the pointing game turns that into a number, with
-#   random attention as the floor. At this budget the answer changes from one training run to the
-#   next (two runs that differ only in floating-point rounding land on either side of random
-#   attention); findings smaller than a patch no run finds, and the downstream AUROC of the two arms
-#   differ little. Measure over several seeds before believing that "local helps small findings".
+#   random attention as the floor. At this budget the local model points better than random
+#   attention and than the global-only model in this run, but by how much changes from one
+#   training run to the next (two runs that differ only in floating-point rounding: see
+#   docs/performance.md); findings smaller than a patch no arm finds, and the local loss costs a little
+#   zero-shot and probe AUROC. Measure over several seeds before believing that "local helps small
+#   findings".
 #
 # ## Exercises
 #

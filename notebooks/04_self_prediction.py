@@ -62,7 +62,7 @@ from medmm_lite.pretrain.mae import build_mae, pretrain_mae, reconstruct
 
 P = medmm_lite.profile(PROFILE)
 medmm_lite.seed_everything(SEED)
-print(P)
+print(medmm_lite.profile_summary(P))
 
 # %%
 data = D.prepare_data(P, seed=SEED, dataset=DATASET)

@@ -66,7 +66,7 @@ from medmm_lite.pretrain.m3ae import derangement
 
 P = medmm_lite.profile(PROFILE)
 medmm_lite.seed_everything(SEED)
-print(P)
+print(medmm_lite.profile_summary(P))
 
 # %% [markdown]
 # ## 1. What the model writes
@@ -635,9 +635,10 @@ medmm_lite.record("scratch_hallucinations_per_report_beam", control["hallucinate
 #
 # ## 12. What did writing reports teach the encoder?
 #
-# The frozen ViT learned nothing from the reports; the control's CNN did all its learning from
-# them. Captioning is pretraining too: throw the control's decoder away, freeze its image encoder,
-# and train a linear probe on 1%, 10% and 100% of the training labels (lesson 01's protocol).
+# The frozen ViT learned nothing from the reports; whatever the control's CNN knows, it learned
+# from them. Captioning can be pretraining too: throw the control's decoder away, freeze its image
+# encoder, and train a linear probe on 1%, 10% and 100% of the training labels (lesson 01's
+# protocol).
 # References: the same CNN untrained (random features are a fair baseline for a CNN; its
 # BatchNorm statistics recomputed on the training images as for the trained one) and lesson 01's
 # supervised ViT trained on those labels from scratch (loaded from the cache if lesson 01 ran).
@@ -685,7 +686,8 @@ fig.tight_layout()
 # The supervised ViT and the probes differ in architecture as well as in supervision, so compare
 # with care: the CNN line that matters is the untrained CNN, which has the same architecture and
 # no training at all. Whatever the captioning CNN adds over it was learned from reports, with no
-# label in sight.
+# label in sight; and a decoder that ignores its image (section 11's image loss ratio) sends its
+# encoder almost no gradient, so the two lines can only part once the decoder reads the image.
 
 # %% [markdown]
 # ## Summary
@@ -704,7 +706,8 @@ fig.tight_layout()
 # - BLEU and ROUGE-L reward the shared phrasing of all reports: a random report of the right style
 #   scores well. Clinical F1 reads the findings, and is itself blind to laterality. Report both,
 #   against baselines that never see the image, and count hallucinated findings.
-# - Writing reports is pretraining: the probe shows what the encoder learned without labels.
+# - Writing reports trains an encoder only through a decoder that reads the image: the probe of
+#   the control's CNN shows what it learned without labels.
 #
 # ## Exercises
 #

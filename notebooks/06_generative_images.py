@@ -66,7 +66,7 @@ from medmm_lite.widgets import generation_box
 
 P = medmm_lite.profile(PROFILE)
 medmm_lite.seed_everything(SEED)
-print(P)
+print(medmm_lite.profile_summary(P))
 
 # Sizes. A diffusion model needs many more steps than a classifier to draw anything, and each step
 # costs more (the U-Net runs at full resolution). Measured on one CPU thread: a 32 px step of batch

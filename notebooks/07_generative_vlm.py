@@ -76,7 +76,7 @@ from medmm_lite.widgets import chat_box
 P = medmm_lite.profile(PROFILE)
 medmm_lite.seed_everything(SEED)
 N_EVAL = N_EVAL or (200 if P.name == "smoke" else 300)
-print(P)
+print(medmm_lite.profile_summary(P))
 started = time.perf_counter()
 
 # %% [markdown]

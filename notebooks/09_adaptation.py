@@ -80,7 +80,7 @@ from medmm_lite.vlm import classify_by_instruction, pretrain_vlm
 P = medmm_lite.profile(PROFILE)
 medmm_lite.seed_everything(SEED)
 lesson_started = time.perf_counter()
-print(P)
+print(medmm_lite.profile_summary(P))
 
 # %% [markdown]
 # ## 1. One pretrained encoder

@@ -70,7 +70,7 @@ from medmm_lite.pretrain import simclr as SC
 P = medmm_lite.profile(PROFILE)
 medmm_lite.seed_everything(SEED)
 lesson_started = time.perf_counter()
-print(P)
+print(medmm_lite.profile_summary(P))
 
 # Sizes. Both chest X-ray encoders train for the profile's steps at its batch size. The two MRI
 # encoders train for half the steps, at batch 32 on the CPU (a two-tower step at 64 px and batch 32

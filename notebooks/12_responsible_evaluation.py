@@ -76,7 +76,7 @@ from medmm_lite.pretrain import simclr as SC
 P = medmm_lite.profile(PROFILE)
 medmm_lite.seed_everything(SEED)
 lesson_started = time.perf_counter()
-print(P)
+print(medmm_lite.profile_summary(P))
 
 # %% [markdown]
 # ## 1. The model under evaluation

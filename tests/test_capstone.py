@@ -105,6 +105,21 @@ def test_paired_difference_of_identical_arms_is_exactly_zero():
     assert boot.difference("a", "b") == (0.0, 0.0, 0.0)
 
 
+def test_mean_difference_is_the_mean_of_the_paired_differences():
+    """Lesson 10's 'the review's number': mean over image-text arms minus mean over image-only arms.
+    With one arm on each side it is their paired difference; with two on one side, the average."""
+    pid, y, s = _toy(n_patients=60)
+    g = np.random.default_rng(1)
+    scores = {"t1": (s + 0.5 * y)[None], "t2": (s + 0.1 * g.normal(size=s.shape))[None], "i1": s[None]}
+    boot = K.patient_bootstrap(y, scores, pid, n_boot=200, seed=0)
+    assert boot.mean_difference(["t1"], ["i1"]) == boot.difference("t1", "i1")
+    point, low, high = boot.mean_difference(["t1", "t2"], ["i1"])
+    assert point == pytest.approx((boot.point[0] + boot.point[1]) / 2 - boot.point[2])
+    assert low <= point <= high
+    halves = (boot.replicates[0] + boot.replicates[1]) / 2 - boot.replicates[2]
+    assert (low, high) == pytest.approx(tuple(np.percentile(halves, [2.5, 97.5])))
+
+
 # --------------------------------------------------------------------------- selection and Figure 5a
 def test_best_is_chosen_on_validation_not_test():
     val = {"simclr": 0.70, "mae": 0.65}
