@@ -561,7 +561,7 @@ first, last = (np.mean(gloria_info["history"].metrics["attention_peak"][s]) for 
 print(f"attention_peak of the local model: {first:.2f} in its first 20 steps, {last:.2f} in its last 20")
 
 # %% [markdown]
-# The causes the brief of this lesson asked us to rule in or out, each measured above:
+# The causes to rule in or out, each measured above:
 #
 # * **Patch grid vs finding size.** A nodule or a rib fracture covers less than one patch of the
 #   ViT (section 1): its signal is a few pixels inside one patch token, which the transformer

@@ -167,6 +167,8 @@ def build(keys: list[str], profile: str = "cpu") -> None:
             "profile": profile,
             "results": read_results(results_file),
             "seconds": round(time.time() - started),
+            "threads": torch.get_num_threads() if "OMP_NUM_THREADS" not in os.environ
+            else int(os.environ["OMP_NUM_THREADS"]),
             "torch": torch.__version__.split("+")[0],
         }
         nbformat.write(nb, lesson.with_suffix(".ipynb"))
