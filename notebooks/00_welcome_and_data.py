@@ -95,8 +95,8 @@ print(len(D.LAB_NAMES), "labs:", ", ".join(D.LAB_NAMES))
 #
 # Sixteen studies with their findings' boxes. Some findings are large and global (a big heart,
 # an effusion filling a lung base); others are small and local (a nodule, a rib fracture, a
-# small apical pneumothorax). That difference matters in lesson 03, where local alignment
-# should beat a single global embedding on the small ones.
+# small apical pneumothorax). That difference matters in lesson 03, which asks whether aligning
+# words with image regions finds the small ones better than a single global embedding does.
 
 # %%
 pick = np.arange(16)
@@ -185,8 +185,8 @@ fig.tight_layout()
 
 # %% [markdown]
 # Findings co-occur as they do in real cohorts: edema with an enlarged heart and effusions, for
-# instance. A model can exploit such correlations instead of seeing the finding itself, one of
-# the shortcuts lesson 12 measures.
+# instance. A model can exploit such correlations instead of seeing the finding itself: a
+# shortcut, like the site signals of section 6, whose cost lesson 12 measures on an unseen site.
 
 # %% [markdown]
 # ## 6. Sites, patients and scanners

@@ -336,9 +336,9 @@ fig.tight_layout()
 # attention maps are usually read out of CLIP-style models; it was not trained for this.
 #
 # Test studies, each with the sentence of its report that names a finding, the finding's box, and
-# where the naming word looks. Each map is drawn on its own colour scale, from its lowest to its
-# highest weight, to show *where* it looks most; the title says *how much* more, in units of a flat
-# map (1.00x: the same weight on every patch).
+# where the naming word looks. Every map is drawn on one colour scale, in units of a flat map
+# (1.00x: the same weight on every patch), so a map that barely departs from flat looks flat; the
+# title gives each map's peak.
 
 # %%
 trials = G.pointing_trials(cohort, test_idx, data.tokenizer)
@@ -356,17 +356,18 @@ def naming_map(name, k):
     return maps[name][k][q].mean(0) * (grid[0] * grid[1])
 
 
-def show_trial(k, axes):
+def show_trial(k, axes, vmax):
     image = cohort.images[trials.study[k], 0].numpy()
     size = image.shape[-1]
     for ax, name in zip(axes, ["image"] + list(maps)):
         ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-        title = trials.sentence[k][:34]
+        sentence = trials.sentence[k]
+        title = sentence if len(sentence) <= 28 else sentence[:26] + "..."
         if name != "image":
             heat = naming_map(name, k)
-            title = f"{name.replace(' + ', '+')}: {heat.max():.2f}x flat"
+            title = f"{'local' if name == 'local + global' else 'global'}: peak {heat.max():.2f}x"
             heat = F.interpolate(heat[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-            ax.imshow(heat.numpy(), cmap="jet", alpha=0.45)    # its own colour scale: where it looks most
+            ax.imshow(heat.numpy(), cmap="magma", alpha=0.55, vmin=0, vmax=vmax)   # one scale for every map
         draw_boxes(ax, [{"finding": trials.finding[k], "box": b} for b in trials.boxes[k]], size, label=False)
         ax.set_title(title, fontsize=6.5)
         ax.axis("off")
@@ -376,12 +377,15 @@ examples = []
 for finding in ["Lung Lesion", "Pneumothorax", "Pleural Effusion", "Fracture"]:
     examples += [k for k, f in enumerate(trials.finding) if f == finding][:2]
 rows = (len(examples) + 1) // 2
-fig, axes = plt.subplots(rows, 6, figsize=(10, 1.75 * rows), squeeze=False)
+shared_max = max(float(naming_map(name, k).max()) for k in examples for name in maps)
+fig, axes = plt.subplots(rows, 6, figsize=(12, 2.0 * rows), squeeze=False)
 for ax in axes.flat:
     ax.axis("off")
 for k, ax3 in zip(examples, axes.reshape(-1, 3)):
-    show_trial(k, ax3)
-fig.tight_layout()
+    show_trial(k, ax3, shared_max)
+scale = plt.cm.ScalarMappable(cmap="magma", norm=plt.Normalize(0, shared_max))
+fig.colorbar(scale, ax=axes, shrink=0.6, label="attention, in units of a flat map")
+plt.show()
 
 # %% [markdown]
 # **Try it: the attention viewer.** The maps above are of the naming word. Every word has one: pick
