@@ -68,7 +68,7 @@ import medmm_lite
 from medmm_lite import data as D
 from medmm_lite.adapt import (LoRALinear, apply_lora, extract_features, finetune, finetune_steps, head_from_probe,
                               label_subset, linear_probe, merge_lora, pathology_auroc, predict, prepare,
-                              prompt_embeddings, supervised_baseline, zero_shot_classify)
+                              report_prompt_embeddings, supervised_baseline, zero_shot_classify)
 from medmm_lite.adapt.finetune import LORA_TARGETS
 from medmm_lite.data.findings import PATHOLOGIES
 from medmm_lite.eval import bootstrap_ci
@@ -275,12 +275,12 @@ for start, head_init in (("fresh head", None), ("probe's head (LP-FT)", probes["
           f"(the probe alone: {pathology_auroc(test_labels, probes['10%'].test_scores)['macro']:.3f})")
 
 # %% [markdown]
-# From a fresh head, fine-tuning the whole encoder on 10% of the labels does *worse* than the
-# frozen probe: the encoder learned from a random target first. From the probe's head it stays
-# close to the probe. Every fine-tuning run below starts from its regime's probe. The
+# Compare the two runs with the probe alone (all three printed above): from a fresh head, the
+# encoder's first updates follow a random target's gradients; from the probe's head, fine-tuning
+# starts where the probe ended. Every fine-tuning run below starts from its regime's probe. The
 # pretrained weights (full and partial fine-tuning) move at 0.3 x the profile's learning rate;
-# LoRA's new factors, which start at zero, at the full rate. (Chosen from runs on this cohort at
-# 10% and 100% labels; between 0.3 and 3 x the rate, the cpu-profile AUROCs moved by about 0.01.)
+# LoRA's new factors, which start at zero, at the full rate (chosen on this cohort at 10% and 100%
+# labels).
 
 # %%
 LEARNING_RATES = {"partial": 0.3 * P.lr, "lora": P.lr, "full": 0.3 * P.lr}
@@ -314,13 +314,16 @@ for method, runs in finetuned.items():
 # %% [markdown]
 # ## 7. Zero-shot prompting: no labels at all
 #
-# CLIP's text tower turns "Pleural effusion." and "No pleural effusion." (three phrasings each,
-# averaged) into two points of the shared space; a test image's score is how much closer it is to
-# the positive one (lesson 02).
+# CLIP's text tower turns a positive and a negative description of each finding into two points of
+# the shared space; a test image's score is how much closer it is to the positive one. The
+# descriptions are the ones lesson 02 chose on its validation split: for each finding, the mean
+# embedding of the training impressions the labeler reads as positive, and of those it reads as
+# negative (`report_prompt_embeddings`). No label of any image is used, only the reports' words.
 
 # %%
 encode_text = CL.text_embedder(clip_model, data.tokenizer)
-positive, negative = prompt_embeddings(encode_text)
+train_reports = [cohort.reports[i] for i in train_idx]
+positive, negative = report_prompt_embeddings(encode_text, [CL.impression(r) for r in train_reports], train_reports)
 zero_shot_scores = zero_shot_classify(CL.embed_images(clip_model, test_images), positive, negative)
 zero_shot = pathology_auroc(test_labels, zero_shot_scores)["macro"]
 print(f"zero-shot test macro AUROC: {zero_shot:.3f} (trained parameters: 0, labels: 0)")
@@ -484,37 +487,31 @@ print(f"zero-shot (0 labels) {zero_shot:.3f}; instruction-tuned VLM {vlm_auroc:.
       f"probe with every label {results['linear probe']['100%']:.3f}")
 
 # %% [markdown]
-# How to read it (the prose describes the committed cpu-profile run; your numbers are above):
+# How to read it (the numbers are the table's and the lines above it):
 #
-# * **Labels help every method that uses them**: from a couple of dozen labelled studies to all
-#   of them, the adapted encoders gain 0.12-0.16 AUROC.
-# * **At 10% and 100% the four ways of adapting the CLIP encoder land within 0.01 of each other**,
-#   well inside the bootstrap intervals. Started from the probe's head, fine-tuning kept the probe's
-#   answer and added little to it: this small encoder's features (three blocks over an 8 x 8 grid
-#   of patches) already hold what a short run on a few hundred or thousand studies can use. With
-#   larger encoders, more data and longer runs, full fine-tuning usually pulls ahead at 100% labels;
-#   here it did not, and only a comparison on the same subsets, with intervals, can say so.
-# * **With a couple of dozen labels, full fine-tuning came out ahead** (about 0.63 against the
-#   probe's 0.59 at 1%, at the edge of the two intervals; 0.62 against 0.60 few-shot). One seed and
-#   one subset per regime: a hint, not a finding, until other seeds and subsets repeat it.
-# * **Against training from scratch, pretraining paid off with all the labels** (0.75 against
-#   0.69, a gap wider than the intervals) and at 1% (0.02-0.06), but not at 10%, where the
-#   from-scratch ViT, trained for more steps than any fine-tuning run, is as good. Its dip from 10%
-#   to 100% is lesson 01's: the same 600 steps are ten times fewer passes over ten times more data.
-# * **Zero-shot prompting** used no label at all and did better than every method at a couple of
-#   dozen labels, close to the 10% regime: the reports *were* the supervision. Thousands of
-#   impressions taught the model what "effusion" looks like, which is the review's case for
-#   image-text pretraining.
+# * **Labels help every method that uses them**: read each row from the few-shot column to the
+#   100% column.
+# * **Do the four ways of adapting the CLIP encoder differ?** Where their span (printed above) is
+#   smaller than the probe's interval, this run cannot tell them apart. With larger encoders, more
+#   data and longer runs, full fine-tuning usually pulls ahead at 100% labels; only a comparison on
+#   the same subsets, with intervals, can say whether it did here.
+# * **With a couple of dozen labels** the methods differ most, and the intervals are widest: one
+#   seed and one subset per regime is a hint, not a finding, until other seeds and subsets repeat it.
+# * **Against training from scratch** (lesson 01's baseline, trained for more steps than any
+#   fine-tuning run): the gap to that row, column by column, is what pretraining on reports paid.
+# * **Zero-shot prompting** used no label at all: set it beside the few-shot and 1% columns. Where
+#   it is above them, thousands of impressions taught the model more than a couple of dozen labels
+#   did, which is the review's case for image-text pretraining.
 # * **The VLM** is judged like the others, as a classifier, but its questions were built from every
 #   training label: compare it with the 100% column. Its small language model was trained from
 #   scratch on a few thousand reports (lesson 07 shows what it does and does not read from the
 #   image); set its number beside the probe's with every label, printed above: a dedicated head on
 #   the same frozen features is the simpler classifier, the VLM the more general tool.
-# * **Cost**: the probe trains a few hundred numbers in seconds. LoRA trains a few percent of the
-#   weights, yet a LoRA step costs as much as a full fine-tuning step here (the backward pass still
-#   runs through every block, plus the extra thin matrix products): its savings are optimiser memory
-#   and a small file per task, which matter for large models, not wall time on a small one. Partial
-#   fine-tuning runs the backward pass through the last block only and is the quickest of the three.
+# * **Cost** (the wall-time column): the probe trains a few hundred numbers in seconds. LoRA trains a
+#   few percent of the weights, but its backward pass still runs through every block, plus the
+#   extra thin matrix products: its savings are optimiser memory and a small file per task, which
+#   matter for large models more than wall time on a small one. Partial fine-tuning runs the
+#   backward pass through the last block only.
 
 # %% [markdown]
 # ## Summary
@@ -524,11 +521,11 @@ print(f"zero-shot (0 labels) {zero_shot:.3f}; instruction-tuned VLM {vlm_auroc:.
 #   (zero-shot), or a language model that was taught to answer questions (instruction tuning).
 # * `medmm_lite.adapt.prepare` sets exactly those parameters trainable and `finetune` trains them
 #   with the course's `fit`; frozen parts stay bit-identical (tests/test_finetune.py checks it).
-# * Start fine-tuning from a trained head (LP-FT): from a random head, full fine-tuning on few
-#   labels did worse than the frozen probe.
-# * Compare methods on the same labelled subsets, with intervals: here the pretrained encoder beat
-#   training from scratch with all the labels and with 1%, and the choice of adaptation method
-#   mattered only with a couple of dozen labels, where full fine-tuning led.
+# * Start fine-tuning from a trained head (LP-FT): a random head sends random gradients into the
+#   pretrained encoder first (section 5 compares the two starts).
+# * Compare methods on the same labelled subsets, with intervals, and against the same encoder
+#   trained from scratch: the table of section 7 says, regime by regime, where pretraining paid
+#   and where the choice of adaptation method mattered.
 #
 # ## Exercises
 #

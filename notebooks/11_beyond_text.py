@@ -19,7 +19,7 @@
 # a second group pairs the image with **clinical data** (labs, vital signs, EHR fields), and a
 # third pairs two **images** of the same patient (T1 and T2 MRI, PET and CT). The recipes are
 # the ones of lessons 02-04; only the second tower changes. This lesson asks of each pair the
-# spec's question, *which modality pairs help, and by how much?*
+# course's question, *which modality pairs help, and by how much?*
 #
 # 1. **Image + labs at pretraining**: CLIP with the labs as the "text", against SimCLR at the
 #    same budget. Which findings gain?
@@ -309,16 +309,14 @@ ax.set_title("image-labs CLIP minus SimCLR, linear probe per finding (95% CI); o
 fig.tight_layout()
 
 # %% [markdown]
-# Read the bars, not only the macro. In the committed cpu run image-labs CLIP does **not** beat
-# SimCLR overall (macro 0.766 against 0.788); it splits by finding. It gains on cardiomegaly
-# (interval above zero), consolidation and edema (intervals touching zero): what BNP, WBC and
-# temperature measure. It loses clearly on pleural effusion, support devices and atelectasis,
-# which no lab measures. Pneumothorax, measured by SpO2, is not helped: a rim of air is a small
-# target, and SpO2 also falls with consolidation and edema. The loss asks the image tower for what
-# predicts the labs, and at a fixed budget the tower spends its capacity there, while SimCLR's views
-# ask for everything that survives augmentation. Averaged, the lab-informed findings fare better
-# than the others by +0.058 [+0.021, +0.098]. In the smoke profile's short run image-labs CLIP is
-# ahead on most findings, every interval covering zero. So: a second modality teaches the image
+# Read the bars, not only the macro. Overall, image-labs CLIP and SimCLR come out about level (the
+# macro line), but that average hides a split by finding, and the split is the lesson. On the
+# findings a lab measures (BNP, WBC, temperature, SpO2: cardiomegaly, consolidation, edema,
+# pneumothorax) image-labs CLIP gains, with intervals above zero; on several findings no lab
+# measures (an effusion, devices, a lung lesion) it loses, intervals below zero. The loss asks the
+# image tower for what predicts the labs, and at a fixed budget the tower spends its capacity
+# there, while SimCLR's views ask for everything that survives augmentation. The last printed
+# lines put a number with an interval on the split. So: a second modality teaches the image
 # encoder what it knows about, and only that; whether that beats an image-only objective overall
 # depends on how much of the task it knows about. No label was used in either pretraining.
 #
@@ -390,13 +388,11 @@ fig.tight_layout()
 
 # %% [markdown]
 # On the four lab-informed findings the labs alone are strong (SynthCXR's labs were *generated* from
-# them). In the committed cpu run the fused model is at least as good as the better single
-# modality on each of the four and lifts the image-only AUROC on all four, with intervals above
-# zero (in smoke, with 336 training studies, it falls behind the labs alone on pneumothorax). On the
-# other five the labs carry little (a fracture or a nodule: labs-only near 0.5; an effusion or
-# devices: some signal, through the findings they travel with), and fusion moves the image-only
-# AUROC by about a hundredth, inside the intervals. Fusion needs the labs *at test time*;
-# pretraining with them (section 2) needs them only while training.
+# them), and the fused model lifts the image-only AUROC on each of them, mostly with intervals
+# above zero (the printed list). On the other five the labs carry little (a fracture or a nodule:
+# labs-only near 0.5; an effusion or devices: some signal, through the findings they travel with),
+# and fusion moves the image-only AUROC by a hundredth or two, mostly inside the intervals. Fusion
+# needs the labs *at test time*; pretraining with them (section 2) needs them only while training.
 #
 # ## 4. When a modality is missing
 #
@@ -452,7 +448,7 @@ fig.tight_layout()
 # Without dropout the fused model leans on the labs (the stronger input for these findings) and,
 # with them removed, gets a missing embedding that was never trained: it loses more than the model
 # trained with dropout, which has practised that case, and which gives up little or nothing when
-# both inputs are there (cpu run: 0.192 lost against 0.149). Removing the image costs little
+# both inputs are there (the two "drop" lines above). Removing the image costs little
 # either way: for these four findings the labs alone are nearly as good as both. Lesson 12 asks
 # the deployment question with the full table (four models, all nine findings, a policy reading).
 #
@@ -614,15 +610,15 @@ fig.suptitle("predicted lesion (red) vs true outline (cyan), from frozen T1 feat
 fig.tight_layout()
 
 # %% [markdown]
-# In the committed cpu run (64 px, lesions of ~30 px) the T1 encoder pretrained against T2
-# segments lesions from T1 alone with Dice 0.66, against 0.43 for SimCLR on T1 and 0.55 for an
-# untrained ViT (paired intervals of both differences above zero), and detects them best too. Two
-# more things to read. SimCLR is *below* the untrained ViT: its objective rewards what survives
+# Read the intervals of the last four lines. The T1 encoder pretrained against T2 detects lesions
+# from T1 alone better than SimCLR on T1 and than an untrained ViT, and segments them better than
+# SimCLR; against the untrained ViT its Dice gain is small, its interval touching zero. Two more
+# things to read. SimCLR is *below* the untrained ViT: its objective rewards what survives
 # augmentation of the whole slice (head shape and size, ventricles) and washes out small local
 # detail that a random projection of the pixels still keeps. And the global feature knows nothing
-# about lesions for any of the three (linear probe AUROC near 0.5): a few pixels do not move a
-# pooled vector. Exercise 4 asks which of the two T1<->T2 losses does the work. In the smoke
-# profile (32 px, lesions of ~7 px, 150 steps) the three encoders cannot be told apart: every
+# about lesions for any of the three (its AUROC near 0.5): a few pixels do not move a pooled
+# vector. Exercise 4 asks which of the two T1<->T2 losses does the work. In the smoke profile
+# (32 px, lesions of ~7 px, 150 steps) the three encoders cannot be told apart: every
 # interval covers zero.
 #
 # ## Summary
@@ -630,16 +626,15 @@ fig.tight_layout()
 # Which modality pairs help, measured on one budget:
 #
 # - **Image + labs, pretraining.** CLIP with the labs as the second tower teaches the image
-#   encoder what the labs measure (cardiomegaly, consolidation, edema gain over SimCLR) and costs
-#   it elsewhere (effusion, devices, atelectasis): in the cpu run it does not beat image-only SSL
-#   overall.
-# - **Image + labs, prediction.** Fusing the labs into the classifier lifts every lab-informed
-#   finding well above the image alone; on the others it neither helps nor hurts.
+#   encoder what the labs measure (the lab-informed findings gain over SimCLR) and costs it
+#   elsewhere (findings no lab measures): overall it does not beat image-only SSL.
+# - **Image + labs, prediction.** Fusing the labs into the classifier lifts the lab-informed
+#   findings above the image alone; on the others it barely moves them.
 # - **A missing modality.** A fused model trained with both inputs always present loses more
 #   without its labs than one trained with modality dropout. Lesson 12 has the full table.
 # - **Image + image.** Registered T1/T2 pairs allow a dense, patch-to-patch contrastive loss; its
-#   T1 encoder segments lesions from T1 alone better than SimCLR on T1 and than an untrained ViT
-#   (cpu profile; too small to tell in smoke).
+#   T1 encoder finds lesions from T1 alone better than SimCLR on T1 (cpu profile; too small to tell
+#   in smoke), and an untrained ViT is a strong baseline for segmentation that SimCLR falls below.
 #
 # The pattern across all three pairs: the second modality helps where it carries information
 # about the target, in proportion to how much, and can cost where it does not.
