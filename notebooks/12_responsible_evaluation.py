@@ -158,11 +158,9 @@ print("weighted AUROC matches: by hand, the library, and the AUROC of the repeat
 # `bootstrap_ci` resamples rows (studies); `subgroup_auroc` resamples patients. The answer is
 # a measurement, not a rule: in SynthCXR chronic findings persist across a patient's visits,
 # but acute ones and every image are drawn anew, and half the patients have a single study.
-# In the committed cpu run (600 studies of 308 patients) the two intervals are about as wide
-# (ratio 0.97: the difference is within the bootstrap's own noise); on the smoke profile's 96
-# test studies the patient interval came out 1.28x as wide. The patient interval is the right
-# one either way; only on a cohort with many, similar studies per patient is the study
-# interval badly overconfident.
+# Read the ratio printed above: near 1, the difference is within the bootstrap's own noise. The
+# patient interval is the right one either way; only on a cohort with many, similar studies per
+# patient is the study interval badly overconfident.
 
 # %%
 macro = lambda y, s: FA.macro_auroc(y, s)               # noqa: E731
@@ -240,8 +238,8 @@ fig.tight_layout()
 # So differences here come from *case mix* (which findings, how severe) and from the scanner
 # (site), not from a finding that looks different in one group. A real cohort can have both.
 #
-# Notice that every site scores *below* the pooled test set (about 0.72 against 0.75). That is
-# not a contradiction: a pooled AUROC also rewards ranking one site's positives above another
+# Compare each site's AUROC with the pooled test set's: a site can score *below* the pooled number
+# without a contradiction: a pooled AUROC also rewards ranking one site's positives above another
 # site's negatives, and the sites differ in case mix and scanner, which the model can see. Within
 # one site only the harder, within-site ranking is left. So compare groups with each other, with
 # paired intervals (the gaps printed above), not with the pooled number.
@@ -522,9 +520,9 @@ print(f"image removed: fusion {rows['image + labs']['labs only']:.3f}, with drop
 # %% [markdown]
 # How to read the table: row by row, each row being one model that might be deployed.
 # SynthCXR's labs were *generated* from these five findings, so the labs-only model is strong;
-# whether the fused model beats the better single-modality model is printed above (in the
-# committed cpu run it does, 0.934 against 0.897; on the smoke profile's 336 training studies
-# it does not, having the image features to overfit). The robustness columns are the point. A fusion model trained
+# whether the fused model beats the better single-modality model is printed above (on the smoke
+# profile's few hundred training studies it may not, having the image features to overfit). The
+# robustness columns are the point. A fusion model trained
 # with both inputs always present has never moved its missing embeddings from zero: remove the
 # labs and it drops below the image-only model, a model that never had labs. Modality dropout
 # teaches it to work without either input and recovers much of that loss, at little or no
@@ -611,16 +609,18 @@ ax.legend(fontsize=8);
 # At these resolutions a small apical pneumothorax is a few pixels: the image probe ranks it
 # poorly (its AUROC is printed above), and where its curve is not above both "flag everyone"
 # and "flag no one", acting on it is no better than a policy that needs no model; at high
-# thresholds it flags few films and may gain a little there. The image +
-# labs model reads the SpO2 as well and beats both policies over the printed range of
-# thresholds. AUROC alone would not say at which thresholds a model helps, or by how many
-# patients per hundred.
+# thresholds it flags few films and may gain a little there. The image + labs model reads the
+# SpO2 as well: compare its printed range of thresholds where it beats both policies with the
+# image probe's, and its net benefit interval at each threshold (an interval that includes zero
+# says the advantage is not established there). AUROC alone would not say at which thresholds a
+# model helps, or by how many patients per hundred.
 #
 # A decision curve depends on the probabilities being right, not only on their order: a model
 # with a good AUROC but miscalibrated scores flags the wrong number of films at a given t. The
-# probe was trained with the cohort's own prevalence, so its probabilities are roughly
-# calibrated here; a model moved to a hospital with another prevalence would need
-# recalibrating before its decision curve means anything there.
+# probe was trained with the cohort's own prevalence, which puts its mean probability near the
+# prevalence, but its calibration is not measured here (a reliability diagram would be the
+# check); a model moved to a hospital with another prevalence would need recalibrating before
+# its decision curve means anything there.
 #
 # ## 6. Model developers: which report metric notices which error?
 #
