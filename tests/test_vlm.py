@@ -227,9 +227,11 @@ def test_classify_by_instruction_shape_and_range(tokenizer, data):
 
 
 def test_from_pretrained_offline_message(monkeypatch):
+    # huggingface_hub reads HF_HUB_OFFLINE when it is imported, so setting it here does not stop a
+    # network attempt (47 s of retries in make test); local_files_only is the per-call way to be offline.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="pretrain_language_model"):
-        vlm.from_pretrained("no-such-org/no-such-model-xyz")
+        vlm.from_pretrained("no-such-org/no-such-model-xyz", local_files_only=True)
 
 
 # --------------------------------------------------------------------------- training

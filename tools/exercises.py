@@ -45,6 +45,7 @@ import contextlib
 import copy
 import io
 import os
+import re
 import symtable
 import sys
 import tokenize
@@ -606,13 +607,19 @@ def check_program(lesson: Path) -> list[Step]:
             text = ast.unparse(module)
             if i == params:                      # as papermill would inject it
                 text += "\nPROFILE = 'smoke'"
+                if _QUICK_STEPS and re.search(r"^STEPS\s*=", text, re.M):
+                    text += f"\nSTEPS = {_QUICK_STEPS}"   # a lesson with its own step budget (10)
             steps.append(Step("setup", compile(text, f"<{lesson.stem} cell {i}, sliced>", "exec"), text))
     return steps
 
 
+_QUICK_STEPS: int | None = None   # set by quick_profile: a lesson's own STEPS parameter gets it too
+
+
 @contextlib.contextmanager
 def quick_profile(steps: int = 12):
-    """``medmm_lite.profile`` returns the smoke profile with ``steps`` training steps.
+    """``medmm_lite.profile`` returns the smoke profile with ``steps`` training steps (and a lesson
+    whose parameters cell sets its own ``STEPS``, lesson 10's capstone, gets ``STEPS = steps``).
 
     Use it with an empty, throw-away ``MEDMM_DATA``: library caches do not all key on the
     number of steps, and a briefly trained model must never be served to a real run.
@@ -624,11 +631,14 @@ def quick_profile(steps: int = 12):
     def profile(name="auto"):
         return real("smoke").with_(steps=steps, probe_steps=steps)
 
+    global _QUICK_STEPS
     medmm_lite.profile = profile
+    _QUICK_STEPS = steps
     try:
         yield profile
     finally:
         medmm_lite.profile = real
+        _QUICK_STEPS = None
 
 
 @dataclass
