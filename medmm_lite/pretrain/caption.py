@@ -305,6 +305,17 @@ def build_caption(P: Profile, vocab_size: int, seed: int = 0, encoder: str = "cn
         return CaptionModel(images, decoder, projection=projection)
 
 
+def lesson02_clip(P: Profile, data, *, seed: int, device=None, progress: bool = True):
+    """Lesson 02's CLIP (trained or loaded by ``pretrain_clip``) and the name of its cached checkpoint,
+    which goes into the cache key of any model built on it (a retrained CLIP retrains that model)."""
+    from pathlib import Path
+
+    from .clip import pretrain_clip
+
+    clip_model, info = pretrain_clip(P, data, seed=seed, device=device, progress=progress)
+    return clip_model, Path(info["path"]).name if info.get("path") else "clip (not cached)"
+
+
 def pretrain_caption(P: Profile, data, *, seed: int = 0, steps: int | None = None, text: str = "findings",
                      dataset: str = "synthcxr", device=None, progress: bool = True, encoder: str = "cnn",
                      lr: float | None = None, batch_size: int | None = None, projection: str = "linear",
@@ -358,13 +369,8 @@ def pretrain_caption(P: Profile, data, *, seed: int = 0, steps: int | None = Non
 
     pretrained, encoder_key = None, None
     if encoder == "clip":
-        from pathlib import Path
-
-        from .clip import pretrain_clip
-
-        clip_model, clip_info = pretrain_clip(P, data, seed=seed, device=device, progress=progress)
+        clip_model, encoder_key = lesson02_clip(P, data, seed=seed, device=device, progress=progress)
         pretrained = clip_model.image_encoder
-        encoder_key = Path(clip_info["path"]).name if clip_info.get("path") else "clip (not cached)"
 
     def build():
         return build_caption(P, vocab_size, seed=seed, encoder=encoder, projection=projection, max_len=max_len,

@@ -92,7 +92,7 @@ from ..models.attention import Block, init_transformer_weights
 from ..models.text import DecoderOutput, TextDecoder, _check_mask, check_token_ids
 from ..objectives.contrastive import CLIP_INIT_TEMPERATURE, LogitScale, distributed_clip_loss
 from ..train import fit
-from .caption import IGNORE_INDEX, encode_captions, shift_targets, teacher_forced_sums
+from .caption import IGNORE_INDEX, encode_captions, lesson02_clip, shift_targets, teacher_forced_sums
 from .clip import PROJECTIONS, ProjectionHead, SameGroupBatches, data_fingerprint, profile_key
 
 TEXTS = ("findings", "report", "impression")
@@ -561,12 +561,7 @@ def pretrain_coca(P, data, *, seed: int = 0, steps: int | None = None, device=No
 
     clip_model, init_key = None, None
     if image_init == "clip":
-        from pathlib import Path
-
-        from .clip import pretrain_clip
-
-        clip_model, clip_info = pretrain_clip(P, data, seed=seed, device=device, progress=progress)
-        init_key = Path(clip_info["path"]).name if clip_info.get("path") else "clip (not cached)"
+        clip_model, init_key = lesson02_clip(P, data, seed=seed, device=device, progress=progress)
 
     def build():
         model = build_coca(P, vocab_size, seed=seed, max_len=max_len, unimodal_depth=unimodal_depth,
