@@ -24,7 +24,8 @@ once, here, with the details that make small runs reliable:
   the host once every ``log_every`` steps, so the GPU never waits for Python.
 * **Atomic checkpoints and exact resume**: model, optimiser, schedule, scaler,
   history and RNG states (the global ones and the generators ``loss_fn`` draws from,
-  passed as ``rng=``), written to a temporary file and moved into place.
+  passed as ``rng=``), written to a temporary file and moved into place
+  (:mod:`medmm_lite.checkpoint`).
 * **Gradient accumulation** (``grad_accum``): an update of ``batch_size`` samples made of
   ``grad_accum`` smaller forward/backward passes, for when the batch does not fit in memory.
 * **Several processes** (``torchrun``, :mod:`medmm_lite.distributed`): when a process group
@@ -41,9 +42,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 import numbers
-import random
 import os
 import time
 import warnings
@@ -58,9 +59,8 @@ from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 from . import distributed as dist_utils
-from .utils import atomic_save, get_device
-
-CHECKPOINT_FORMAT = "medmm_lite.fit/1"
+from .checkpoint import CHECKPOINT_FORMAT, as_generators, checkpoint_exists, resume, save_checkpoint
+from .utils import get_device
 
 # Parameters whose names contain one of these get no weight decay, whatever their shape.
 NO_DECAY_NAME_PARTS = ("pos_embed", "positional_embedding", "cls_token", "class_embedding",
@@ -353,6 +353,15 @@ class _FitDefaults:
         self.used.add(name)
         return self.checkpoint_dir / f"{name}.pt"
 
+    def fill(self, desc, checkpoint_path, checkpoint_every, grad_accum, stop_after) -> tuple:
+        """``(checkpoint_path, checkpoint_every, grad_accum, stop_after)``, this block's where a fit call left None."""
+        grad_accum = self.grad_accum if grad_accum is None else grad_accum
+        stop_after = self.stop_after if stop_after is None else stop_after
+        if checkpoint_path is None and self.checkpoint_dir is not None:
+            checkpoint_path = self.checkpoint_path(desc)
+            checkpoint_every = self.checkpoint_every if checkpoint_every is None else checkpoint_every
+        return checkpoint_path, checkpoint_every, grad_accum, stop_after
+
 
 _FIT_DEFAULTS: contextvars.ContextVar = contextvars.ContextVar("medmm_fit_defaults", default=None)
 
@@ -391,6 +400,110 @@ def _positive_int(name: str, value, *, allow_none: bool = False, minimum: int = 
     return int(value)
 
 
+@dataclass
+class _Settings:
+    """``fit``'s arguments once checked, with every default filled in (the launcher's, then fit's own)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    min_lr_ratio: float
+    grad_clip: float | None
+    seed: int
+    log_every: int
+    eval_every: int | None
+    checkpoint_path: Path | None
+    checkpoint_every: int | None
+    grad_accum: int
+    stop_after: int | None
+    generators: list
+    dataset_size: int
+    device: torch.device
+    amp: bool
+    amp_dtype: torch.dtype
+    sync_batchnorm: bool
+    channels_last: bool
+
+    def checkpoint_config(self) -> dict:
+        """The settings a checkpoint must have been written under for this run to resume from it."""
+        # Neither the number of processes nor grad_accum is here: both leave the batch plan and the
+        # update unchanged, so a run may resume on another number of GPUs or with another accumulation.
+        return {"steps": self.steps, "batch_size": self.batch_size, "lr": float(self.lr),
+                "weight_decay": float(self.weight_decay), "warmup_steps": self.warmup_steps,
+                "min_lr_ratio": float(self.min_lr_ratio), "grad_clip": float(self.grad_clip or 0.0),
+                "seed": self.seed, "amp": bool(self.amp), "dataset_size": self.dataset_size}
+
+
+def _settings(model, loss_fn, dataset, eval_fn, *, steps, batch_size, lr, weight_decay, warmup_steps,
+              min_lr_ratio, grad_clip, device, amp, seed, eval_every, checkpoint_path, checkpoint_every,
+              log_every, grad_accum, rng, stop_after, sync_batchnorm, channels_last, desc) -> _Settings:
+    """Check ``fit``'s arguments, all before anything moves or trains, each error naming its fix."""
+    launcher = _FIT_DEFAULTS.get()
+    if launcher is not None:
+        checkpoint_path, checkpoint_every, grad_accum, stop_after = launcher.fill(
+            desc, checkpoint_path, checkpoint_every, grad_accum, stop_after)
+    steps = _positive_int("steps", steps)
+    batch_size = _positive_int("batch_size", batch_size)
+    log_every = _positive_int("log_every", log_every)
+    seed = _positive_int("seed", seed, minimum=0)
+    eval_every = _positive_int("eval_every", eval_every, allow_none=True)
+    checkpoint_every = _positive_int("checkpoint_every", checkpoint_every, allow_none=True)
+    grad_accum = _positive_int("grad_accum", 1 if grad_accum is None else grad_accum)
+    stop_after = _positive_int("stop_after", stop_after, allow_none=True)
+    generators = as_generators(rng)
+    if not (isinstance(lr, numbers.Real) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not (isinstance(weight_decay, numbers.Real) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    if not (isinstance(min_lr_ratio, numbers.Real) and 0 <= min_lr_ratio <= 1):
+        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
+    if warmup_steps is None:
+        warmup_steps = int(round(0.05 * steps))
+    warmup_steps = _positive_int("warmup_steps", warmup_steps, minimum=0)
+    if warmup_steps > steps:
+        raise ValueError(f"warmup_steps={warmup_steps} is longer than the run (steps={steps})")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
+    if eval_fn is not None and not callable(eval_fn):
+        raise TypeError(f"eval_fn must be callable as eval_fn(model), got {type(eval_fn).__name__}")
+    if stop_after is not None and checkpoint_path is None:
+        raise ValueError("stop_after needs a checkpoint_path: without a checkpoint a stopped run cannot resume")
+    try:
+        n = len(dataset)
+    except TypeError as err:
+        raise TypeError(f"dataset must be a map-style dataset with len(), got {type(dataset).__name__}") from err
+    if n < batch_size:
+        raise ValueError(f"the dataset has {n} samples, fewer than batch_size={batch_size}; "
+                         "lower batch_size (batches are full: the last incomplete one is dropped)")
+    distributed, ranks = dist_utils.is_distributed(), dist_utils.world_size()
+    if batch_size % (ranks * grad_accum):
+        raise ValueError(f"batch_size={batch_size} must split evenly into {ranks} process(es) x "
+                         f"grad_accum={grad_accum} pieces")
+
+    device = get_device() if device is None else torch.device(device)
+    if distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # this process's own GPU
+    if amp is None:
+        amp = device.type == "cuda"
+    if amp and device.type != "cuda":
+        warnings.warn("amp=True is for CUDA only; training in float32 on " + str(device), stacklevel=3)
+        amp = False
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    if checkpoint_path is not None and checkpoint_every is None:
+        checkpoint_every = max(1, steps // 10)
+    if sync_batchnorm is None:
+        sync_batchnorm = distributed and device.type == "cuda"
+    if sync_batchnorm and distributed and device.type != "cuda":
+        raise ValueError("sync_batchnorm needs CUDA (torch's SyncBatchNorm runs on GPUs only)")
+    if channels_last is None:
+        channels_last = device.type == "cuda" and has_real_convolutions(model)
+    return _Settings(steps, batch_size, lr, weight_decay, warmup_steps, min_lr_ratio, grad_clip, seed, log_every,
+                     eval_every, Path(checkpoint_path) if checkpoint_path is not None else None, checkpoint_every,
+                     grad_accum, stop_after, generators, n, device, amp, amp_dtype, sync_batchnorm, channels_last)
+
+
 def _split_loss_output(out, step: int):
     """``loss`` or ``(loss, {name: value})`` -> ``(loss, logs)``, with a clear error otherwise."""
     logs = {}
@@ -417,66 +530,175 @@ def _scalar_log(name: str, value):
     return torch.tensor(float(value))
 
 
-def _generators(rng) -> list[torch.Generator]:
-    if rng is None:
-        return []
-    generators = [rng] if isinstance(rng, torch.Generator) else list(rng)
-    for g in generators:
-        if not isinstance(g, torch.Generator):
-            raise TypeError(f"rng must be a torch.Generator or a list of them, got a {type(g).__name__}")
-    return generators
+# --------------------------------------------------------------------------- one update
+@dataclass
+class _Optimiser:
+    """AdamW over the trained parameters, its warmup-cosine schedule and the float16 loss scaler:
+    what an update needs and a checkpoint saves."""
+
+    trainable: list
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def build(cls, model: nn.Module, params, cfg: _Settings) -> "_Optimiser":
+        groups = param_groups(model, cfg.weight_decay, params)
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: warmup_cosine(s, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
+                                               min_lr_ratio=cfg.min_lr_ratio))
+        # bfloat16 has float32's range, so only float16's small gradients need scaling up
+        scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and cfg.amp_dtype == torch.float16)
+        return cls([p for g in groups for p in g["params"]], optimizer, scheduler, scaler)
+
+    def update(self, grad_clip: float | None) -> None:
+        if grad_clip:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(self.trainable, grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
 
 
-def _rng_state(device: torch.device, generators=()) -> dict:
-    py_version, py_state, py_gauss = random.getstate()
-    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
-        "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
-        "generators": [g.get_state() for g in generators],
-    }
+def _forward_backward(forward, batches: list, step: int, cfg: _Settings, scaler, ddp) -> tuple[torch.Tensor, dict]:
+    """Gradients of one update, summed over its ``grad_accum`` pieces; returns its loss and logged values."""
+    losses, logged = [], []
+    for i, batch in enumerate(batches):
+        batch = move_to_device(batch, cfg.device, cfg.channels_last)
+        # all-reduce the gradients once, after the last piece
+        sync = ddp.no_sync() if ddp is not None and i < len(batches) - 1 else contextlib.nullcontext()
+        with sync:
+            with torch.autocast(device_type="cuda", dtype=cfg.amp_dtype) if cfg.amp else contextlib.nullcontext():
+                loss, logs = _split_loss_output(forward(batch), step)
+            scaler.scale(loss / len(batches) if len(batches) > 1 else loss).backward()
+        losses.append(loss.detach().float())
+        logged.append({k: _scalar_log(k, v) for k, v in logs.items()})
+    return _mean_of_pieces(losses, logged)
 
 
-def _set_rng_state(state: dict, device: torch.device, generators=(), path=None) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
-    npy = state["numpy"]
-    np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["gauss"]))
-    if not generators:
-        return
-    saved = state.get("generators")
-    if saved is None:  # written before fit saved generators: resume, but not exactly
-        warnings.warn(f"checkpoint {path} holds no state for the rng generators: they restart from their seeds, "
-                      "so the resumed run's random draws differ from an uninterrupted run's", stacklevel=3)
-        return
-    if len(saved) != len(generators):
-        raise ValueError(f"checkpoint {path} holds {len(saved)} rng generator states but fit was given "
-                         f"{len(generators)}; delete it or use another checkpoint_path")
-    for g, g_state in zip(generators, saved):
-        g.set_state(g_state)
+def _mean_of_pieces(losses: list[torch.Tensor], logged: list[dict]) -> tuple[torch.Tensor, dict]:
+    """One step's loss and logged values: those of its only piece, or their means over the pieces."""
+    if len(losses) == 1:
+        return losses[0], logged[0]
+    names = dict.fromkeys(name for logs in logged for name in logs)
+    means = {name: torch.stack([logs[name].to(losses[0].device) for logs in logged if name in logs]).mean()
+             for name in names}
+    return torch.stack(losses).mean(), means
 
 
-def _check_architecture(path: Path, checkpoint_state: Mapping, model: nn.Module) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(checkpoint_state))
-    unexpected = sorted(set(checkpoint_state) - set(expected))
-    reshaped = sorted(f"{k}: {tuple(checkpoint_state[k].shape)} in the file, {tuple(v.shape)} in the model"
-                      for k, v in expected.items()
-                      if k in checkpoint_state and tuple(checkpoint_state[k].shape) != tuple(v.shape))
-    if missing or unexpected or reshaped:
-        def few(items):
-            return f"{items[:8]}{f' and {len(items) - 8} more' if len(items) > 8 else ''}"
-        raise ValueError(f"checkpoint {path} was written for a different model: missing keys {few(missing)}, "
-                         f"unexpected keys {few(unexpected)}"
-                         + (f", mismatched shapes {few(reshaped)}" if reshaped else "")
-                         + "; delete it or use another checkpoint_path")
+class _LocalBatches:
+    """``batches(step)``: this process's share of the global batch of ``step``, in ``grad_accum`` pieces."""
+
+    def __init__(self, dataset, collate_fn, cfg: _Settings):
+        self.ranks, me = dist_utils.world_size(), dist_utils.rank()
+        self.dataset, self.collate_fn, self.batch_size = dataset, collate_fn, cfg.batch_size
+        self.plan = _BatchPlan(cfg.dataset_size, cfg.batch_size, cfg.seed)
+        shard, micro = cfg.batch_size // self.ranks, cfg.batch_size // self.ranks // cfg.grad_accum
+        self.pieces = [(me * shard + i * micro, me * shard + (i + 1) * micro) for i in range(cfg.grad_accum)]
+        self.whole_batch_dataset = callable(getattr(dataset, "__getitems__", None))
+
+    def __call__(self, step: int) -> list:
+        indices = self.plan(step)
+        if len(self.pieces) == 1 and self.ranks == 1:
+            return [fetch_batch(self.dataset, indices, self.collate_fn)]
+        if self.whole_batch_dataset:
+            # A dataset that fetches whole batches may shape the batch as a whole (SameGroupBatches
+            # draws it from one hospital): fetch the global batch and cut out this process's rows,
+            # so every process sees the rows a single process would.
+            whole = fetch_batch(self.dataset, indices, self.collate_fn)
+            return [slice_batch(whole, a, b, self.batch_size) for a, b in self.pieces]
+        return [fetch_batch(self.dataset, indices[a:b], self.collate_fn) for a, b in self.pieces]
+
+    def global_batch(self, step: int) -> tuple:
+        """``(batch, dataset indices)`` of the whole batch of ``step``, to look for bad samples in."""
+        indices = self.plan(step)
+        return fetch_batch(self.dataset, indices, self.collate_fn), indices
+
+
+# --------------------------------------------------------------------------- logging
+class _LossLog:
+    """Step losses kept on the device until ``flush`` copies them to the history in one transfer,
+    so that the GPU waits for Python once every ``log_every`` steps, not at every step."""
+
+    def __init__(self, history: History, bar, cfg: _Settings, batches: _LocalBatches, scaler):
+        self.history, self.bar, self.cfg, self.batches = history, bar, cfg, batches
+        # under float16 an inf is an overflow the GradScaler handles (it skips the update, lowers its scale)
+        self.inf_allowed = scaler.is_enabled()
+        self.pending: list[tuple[int, float, torch.Tensor, dict]] = []
+
+    def add(self, step: int, lr: float, loss: torch.Tensor, logs: dict) -> None:
+        self.pending.append((step, lr, loss, logs))
+
+    def flush(self) -> None:
+        pending, history = self.pending, self.history
+        if not pending:
+            return
+        scalars = [loss for _, _, loss, _ in pending] + [v for *_, logs in pending for v in logs.values()]
+        values = _to_host(scalars, self.cfg.device)
+        losses, extra = values[:len(pending)], iter(values[len(pending):])
+        for (step, step_lr, _, logs), loss in zip(pending, losses):
+            if math.isnan(loss) or (math.isinf(loss) and not self.inf_allowed):
+                raise _diverged(loss, step, self.cfg.lr, *self.batches.global_batch(step))
+            history.steps.append(step)
+            history.loss.append(loss)
+            history.lr.append(step_lr)
+            step_values = {name: next(extra) for name in logs}  # same order as they were queued
+            known = len(history.steps) - 1
+            for name in step_values:
+                history.metrics.setdefault(name, [math.nan] * known)  # a name first seen now
+            for name, column in history.metrics.items():
+                column.append(step_values.get(name, math.nan))
+        pending.clear()
+        window = history.loss[-self.cfg.log_every:]
+        self.bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", lr=f"{history.lr[-1]:.2e}", refresh=False)
+
+
+def _to_host(scalars: list[torch.Tensor], device: torch.device) -> list[float]:
+    if dist_utils.is_distributed():  # one all-reduce: every process logs the mean over processes
+        stacked = torch.stack([t.to(device) for t in scalars])
+        return dist_utils.all_reduce_mean(stacked).cpu().tolist()
+    on_device = [i for i, t in enumerate(scalars) if t.device.type != "cpu"]
+    values = [t.item() if t.device.type == "cpu" else None for t in scalars]
+    if on_device:
+        copied = torch.stack([scalars[i] for i in on_device]).cpu().tolist()
+        for i, v in zip(on_device, copied):
+            values[i] = v
+    return values
+
+
+def _diverged(loss: float, step: int, lr, batch, indices) -> FloatingPointError:
+    """The error for a non-finite loss: blame the data if its batch holds non-finite input."""
+    bad_input = describe_non_finite(batch, indices)
+    if bad_input:
+        return FloatingPointError(
+            f"the training loss became {loss} at step {step}: its batch holds non-finite input "
+            f"({bad_input}), so the data, not the learning rate, is the problem; find such samples "
+            "with torch.isfinite(x).all() and fix or drop them")
+    return FloatingPointError(
+        f"the training loss became {loss} at step {step}: training diverged. Lower lr "
+        f"(now {lr}), keep grad_clip on, or look for a log of 0 / division by 0 in the loss")
+
+
+def _evaluate(model: nn.Module, eval_fn) -> dict[str, float]:
+    model.eval()
+    try:
+        with torch.no_grad():
+            result = eval_fn(model)
+    finally:
+        model.train()
+    if not isinstance(result, Mapping):
+        raise TypeError(f"eval_fn(model) must return a dict of floats, got {type(result).__name__}")
+    return {str(k): float(v) for k, v in result.items()}
+
+
+def _count_seconds(history: History, device: torch.device, since: float) -> float:
+    """Add the time since ``since`` to ``history.seconds`` and return now."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the GPU runs behind Python: wait for the work it was given
+    now = time.perf_counter()
+    history.seconds += now - since
+    return now
 
 
 # --------------------------------------------------------------------------- DDP
@@ -491,6 +713,17 @@ class _LossModule(nn.Module):
 
     def forward(self, batch):
         return self.loss_fn(self.model, batch)
+
+
+def _wrap_in_ddp(model: nn.Module, loss_fn, trainable: list, device: torch.device):
+    """DDP around ``loss_fn(model, batch)``; parameters that do not train stay out of its all-reduce."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapper = _LossModule(model, loss_fn)
+    trained = {id(p) for p in trainable}
+    frozen = [f"model.{name}" for name, p in model.named_parameters() if id(p) not in trained]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(wrapper, frozen)
+    return DistributedDataParallel(wrapper, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 # --------------------------------------------------------------------------- fit
@@ -546,315 +779,86 @@ def fit(model: nn.Module, loss_fn, dataset, *, steps: int, batch_size: int, lr: 
     ``grad_accum``, ``stop_after`` and ``checkpoint_path`` left at None take the values of an
     enclosing :func:`fit_defaults` block.
     """
-    settings = _FIT_DEFAULTS.get()
-    if settings is not None:
-        grad_accum = settings.grad_accum if grad_accum is None else grad_accum
-        stop_after = settings.stop_after if stop_after is None else stop_after
-        if checkpoint_path is None and settings.checkpoint_dir is not None:
-            checkpoint_path = settings.checkpoint_path(desc)
-            checkpoint_every = settings.checkpoint_every if checkpoint_every is None else checkpoint_every
-    steps = _positive_int("steps", steps)
-    batch_size = _positive_int("batch_size", batch_size)
-    log_every = _positive_int("log_every", log_every)
-    seed = _positive_int("seed", seed, minimum=0)
-    eval_every = _positive_int("eval_every", eval_every, allow_none=True)
-    checkpoint_every = _positive_int("checkpoint_every", checkpoint_every, allow_none=True)
-    grad_accum = _positive_int("grad_accum", 1 if grad_accum is None else grad_accum)
-    stop_after = _positive_int("stop_after", stop_after, allow_none=True)
-    generators = _generators(rng)
-    if not (isinstance(lr, numbers.Real) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if not (isinstance(weight_decay, numbers.Real) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
-    if not (isinstance(min_lr_ratio, numbers.Real) and 0 <= min_lr_ratio <= 1):
-        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
-    if warmup_steps is None:
-        warmup_steps = int(round(0.05 * steps))
-    warmup_steps = _positive_int("warmup_steps", warmup_steps, minimum=0)
-    if warmup_steps > steps:
-        raise ValueError(f"warmup_steps={warmup_steps} is longer than the run (steps={steps})")
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
-    if eval_fn is not None and not callable(eval_fn):
-        raise TypeError(f"eval_fn must be callable as eval_fn(model), got {type(eval_fn).__name__}")
-    if stop_after is not None and checkpoint_path is None:
-        raise ValueError("stop_after needs a checkpoint_path: without a checkpoint a stopped run cannot resume")
-    try:
-        n = len(dataset)
-    except TypeError as err:
-        raise TypeError(f"dataset must be a map-style dataset with len(), got {type(dataset).__name__}") from err
-    if n < batch_size:
-        raise ValueError(f"the dataset has {n} samples, fewer than batch_size={batch_size}; "
-                         "lower batch_size (batches are full: the last incomplete one is dropped)")
-    distributed = dist_utils.is_distributed()
-    ranks, me, is_main = dist_utils.world_size(), dist_utils.rank(), dist_utils.is_main_process()
-    if batch_size % (ranks * grad_accum):
-        raise ValueError(f"batch_size={batch_size} must split evenly into {ranks} process(es) x "
-                         f"grad_accum={grad_accum} pieces")
-
-    device = get_device() if device is None else torch.device(device)
-    if distributed and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())  # this process's own GPU
-    if amp is None:
-        amp = device.type == "cuda"
-    if amp and device.type != "cuda":
-        warnings.warn("amp=True is for CUDA only; training in float32 on " + str(device), stacklevel=2)
-        amp = False
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-    if checkpoint_path is not None and checkpoint_every is None:
-        checkpoint_every = max(1, steps // 10)
-    if sync_batchnorm is None:
-        sync_batchnorm = distributed and device.type == "cuda"
-    if sync_batchnorm and distributed and device.type != "cuda":
-        raise ValueError("sync_batchnorm needs CUDA (torch's SyncBatchNorm runs on GPUs only)")
+    cfg = _settings(model, loss_fn, dataset, eval_fn, steps=steps, batch_size=batch_size, lr=lr,
+                    weight_decay=weight_decay, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,
+                    grad_clip=grad_clip, device=device, amp=amp, seed=seed, eval_every=eval_every,
+                    checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every, log_every=log_every,
+                    grad_accum=grad_accum, rng=rng, stop_after=stop_after, sync_batchnorm=sync_batchnorm,
+                    channels_last=channels_last, desc=desc)
+    distributed, is_main, me = dist_utils.is_distributed(), dist_utils.is_main_process(), dist_utils.rank()
     if distributed and me > 0:
-        for g in generators:  # different augmentations and masks on each process
+        for g in cfg.generators:  # different augmentations and masks on each process
             g.manual_seed(g.initial_seed() + 1_000_003 * me)
 
-    if channels_last is None:
-        channels_last = device.type == "cuda" and has_real_convolutions(model)
-    model.to(device)
-    if channels_last:
+    # Set up: the model on its device, the optimiser, and the state a checkpoint left.
+    model.to(cfg.device)
+    if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    groups = param_groups(model, weight_decay, params)
-    trainable = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, total_steps=steps, warmup_steps=warmup_steps,
-                                           min_lr_ratio=min_lr_ratio))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
-    # Neither the number of processes nor grad_accum is here: both leave the batch plan and the
-    # update unchanged, so a run may resume on another number of GPUs or with another accumulation.
-    config = {"steps": steps, "batch_size": batch_size, "lr": float(lr), "weight_decay": float(weight_decay),
-              "warmup_steps": warmup_steps, "min_lr_ratio": float(min_lr_ratio),
-              "grad_clip": float(grad_clip or 0.0), "seed": seed, "amp": bool(amp), "dataset_size": n}
-
+    opt = _Optimiser.build(model, params, cfg)
+    config, path = cfg.checkpoint_config(), cfg.checkpoint_path
     history, start = History(), 0
-    path = Path(checkpoint_path) if checkpoint_path is not None else None
-    exists = path is not None and path.exists()
-    if distributed and path is not None and len(set(dist_utils.all_gather_objects(exists))) > 1:
-        raise RuntimeError(f"checkpoint {path} is visible to some processes only: put checkpoints on a "
-                           "filesystem that every node sees, so that all processes resume together")
-    if exists:
-        start, history = _resume(path, model, optimizer, scheduler, scaler, config, device, generators)
-        if start >= steps:
-            if channels_last:
+    if path is not None and checkpoint_exists(path):
+        start, history = resume(path, model, opt.optimizer, opt.scheduler, opt.scaler, config, cfg.device,
+                                cfg.generators)
+        if start >= cfg.steps:  # a finished run: its weights are the result
+            if cfg.channels_last:
                 model.to(memory_format=torch.contiguous_format)
             return history
-
-    def save_checkpoint(step: int) -> None:
-        rng_states = dist_utils.all_gather_objects(_rng_state(device, generators))  # every process's
-        if is_main:
-            state = {"format": CHECKPOINT_FORMAT, "step": step, "config": config,
-                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                     "history": history.to_dict(), "rng": rng_states[0]}
-            if distributed:
-                state["rng_per_rank"] = rng_states
-            atomic_save(lambda tmp: torch.save(state, tmp), path)
-        dist_utils.barrier()  # nobody goes on (or exits) before the checkpoint is on disk
-
-    plan = _BatchPlan(n, batch_size, seed)
-    shard, micro = batch_size // ranks, batch_size // ranks // grad_accum
-    pieces = [(me * shard + i * micro, me * shard + (i + 1) * micro) for i in range(grad_accum)]
-    whole_batch_dataset = callable(getattr(dataset, "__getitems__", None))
-
-    def local_batches(step: int) -> list:
-        """This process's share of the global batch of ``step``, in ``grad_accum`` pieces."""
-        indices = plan(step)
-        if len(pieces) == 1 and ranks == 1:
-            return [fetch_batch(dataset, indices, collate_fn)]
-        if whole_batch_dataset:
-            # A dataset that fetches whole batches may shape the batch as a whole (SameGroupBatches
-            # draws it from one hospital): fetch the global batch and cut out this process's rows,
-            # so every process sees the rows a single process would.
-            whole = fetch_batch(dataset, indices, collate_fn)
-            return [slice_batch(whole, a, b, batch_size) for a, b in pieces]
-        return [fetch_batch(dataset, indices[a:b], collate_fn) for a, b in pieces]
-
-    ddp = None
-
-    def wrap_in_ddp():
-        """DDP around ``loss_fn(model, batch)``; parameters that do not train stay out of its all-reduce."""
-        from torch.nn.parallel import DistributedDataParallel
-
-        wrapper = _LossModule(model, loss_fn)
-        trained = {id(p) for p in trainable}
-        frozen = [f"model.{name}" for name, p in model.named_parameters() if id(p) not in trained]
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(wrapper, frozen)
-        return DistributedDataParallel(wrapper, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def compute_loss(batch):
-        return ddp(batch) if ddp is not None else loss_fn(model, batch)
-
-    pending: list[tuple[int, float, torch.Tensor, dict]] = []  # steps not yet copied to the host
-
-    def to_host(scalars: list[torch.Tensor]) -> list[float]:
-        if distributed:  # one all-reduce: every process logs the mean over processes
-            stacked = torch.stack([t.to(device) for t in scalars])
-            return dist_utils.all_reduce_mean(stacked).cpu().tolist()
-        on_device = [i for i, t in enumerate(scalars) if t.device.type != "cpu"]
-        values = [t.item() if t.device.type == "cpu" else None for t in scalars]
-        if on_device:
-            copied = torch.stack([scalars[i] for i in on_device]).cpu().tolist()
-            for i, v in zip(on_device, copied):
-                values[i] = v
-        return values
-
-    def flush() -> None:
-        """Copy the pending losses to the host in one transfer and append them to the history."""
-        if not pending:
-            return
-        scalars = [loss for _, _, loss, _ in pending] + [v for *_, logs in pending for v in logs.values()]
-        values = to_host(scalars)
-        losses, extra = values[:len(pending)], iter(values[len(pending):])
-        for (step, step_lr, _, logs), loss in zip(pending, losses):
-            if math.isnan(loss) or (math.isinf(loss) and not scaler.is_enabled()):
-                indices = plan(step)
-                bad_input = describe_non_finite(fetch_batch(dataset, indices, collate_fn), indices)
-                if bad_input:
-                    raise FloatingPointError(
-                        f"the training loss became {loss} at step {step}: its batch holds non-finite input "
-                        f"({bad_input}), so the data, not the learning rate, is the problem; find such samples "
-                        "with torch.isfinite(x).all() and fix or drop them")
-                raise FloatingPointError(
-                    f"the training loss became {loss} at step {step}: training diverged. Lower lr "
-                    f"(now {lr}), keep grad_clip on, or look for a log of 0 / division by 0 in the loss")
-            history.steps.append(step)
-            history.loss.append(loss)
-            history.lr.append(step_lr)
-            step_values = {name: next(extra) for name in logs}  # same order as they were queued
-            known = len(history.steps) - 1
-            for name in step_values:
-                history.metrics.setdefault(name, [math.nan] * known)  # a name first seen now
-            for name, column in history.metrics.items():
-                column.append(step_values.get(name, math.nan))
-        pending.clear()
-        window = history.loss[-log_every:]
-        bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", lr=f"{history.lr[-1]:.2e}", refresh=False)
-
-    def evaluate(step: int) -> None:
-        model.eval()
-        try:
-            with torch.no_grad():
-                result = eval_fn(model)
-        finally:
-            model.train()
-        if not isinstance(result, Mapping):
-            raise TypeError(f"eval_fn(model) must return a dict of floats, got {type(result).__name__}")
-        history.evals.append((step, {str(k): float(v) for k, v in result.items()}))
-
+    batches = _LocalBatches(dataset, collate_fn, cfg)
     # Executed notebooks (papermill; MEDMM_PROGRESS=text) get one summary line instead of a
     # widget whose saved state would read "0%" forever.
     summary_only = progress and os.environ.get("MEDMM_PROGRESS") == "text"
-    bar = tqdm(total=steps, initial=start, desc=desc or "fit", disable=not progress or summary_only or not is_main,
-               dynamic_ncols=True)
-    batchnorm = (dist_utils.synchronized_batchnorm(model) if sync_batchnorm and distributed
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc or "fit",
+               disable=not progress or summary_only or not is_main, dynamic_ncols=True)
+    log = _LossLog(history, bar, cfg, batches, opt.scaler)
+    batchnorm = (dist_utils.synchronized_batchnorm(model) if cfg.sync_batchnorm and distributed
                  else contextlib.nullcontext())
+
+    # Train: one optimiser update per step, logging, evaluating and checkpointing on the way.
     model.train()
     started = time.perf_counter()
     try:
         with batchnorm:
-            if distributed:  # after the BatchNorm swap, so that DDP sees the modules that will run
-                ddp = wrap_in_ddp()
-            for step in range(start, steps):
-                batches = local_batches(step)
-                step_lr = scheduler.get_last_lr()[0]
-                optimizer.zero_grad(set_to_none=True)
-                losses, logged = [], []
-                for i, batch in enumerate(batches):
-                    batch = move_to_device(batch, device, channels_last)
-                    # all-reduce the gradients once, after the last piece
-                    sync = ddp.no_sync() if ddp is not None and i < len(batches) - 1 else contextlib.nullcontext()
-                    with sync:
-                        with torch.autocast(device_type="cuda", dtype=amp_dtype) if amp else contextlib.nullcontext():
-                            loss, logs = _split_loss_output(compute_loss(batch), step + 1)
-                        scaler.scale(loss / len(batches) if len(batches) > 1 else loss).backward()
-                    losses.append(loss.detach().float())
-                    logged.append({k: _scalar_log(k, v) for k, v in logs.items()})
-                if grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
+            # after the BatchNorm swap, so that DDP sees the modules that will run
+            ddp = _wrap_in_ddp(model, loss_fn, opt.trainable, cfg.device) if distributed else None
+            forward = ddp if ddp is not None else functools.partial(loss_fn, model)
+            for step in range(start, cfg.steps):
+                pieces = batches(step)
+                step_lr = opt.scheduler.get_last_lr()[0]
+                opt.optimizer.zero_grad(set_to_none=True)
+                loss, logs = _forward_backward(forward, pieces, step + 1, cfg, opt.scaler, ddp)
+                opt.update(cfg.grad_clip)
 
                 done = step + 1
-                pending.append((done, step_lr, *_mean_of_pieces(losses, logged)))
-                last = done == steps
-                stopping = stop_after is not None and done - start >= stop_after and not last
-                if done % log_every == 0 or last:
-                    flush()
-                if eval_fn is not None and ((eval_every and done % eval_every == 0) or last):
-                    flush()
-                    evaluate(done)
-                if path is not None and (done % checkpoint_every == 0 or last or stopping):
-                    flush()
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    now = time.perf_counter()
-                    history.seconds += now - started
-                    started = now
-                    save_checkpoint(done)
+                log.add(done, step_lr, loss, logs)
+                last = done == cfg.steps
+                stopping = cfg.stop_after is not None and done - start >= cfg.stop_after and not last
+                if done % cfg.log_every == 0 or last:
+                    log.flush()
+                if eval_fn is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or last):
+                    log.flush()
+                    history.evals.append((done, _evaluate(model, eval_fn)))
+                if path is not None and (done % cfg.checkpoint_every == 0 or last or stopping):
+                    log.flush()
+                    started = _count_seconds(history, cfg.device, started)
+                    save_checkpoint(path, step=done, config=config, model=model, optimizer=opt.optimizer,
+                                    scheduler=opt.scheduler, scaler=opt.scaler, history=history,
+                                    device=cfg.device, generators=cfg.generators)
                 bar.update(1)
                 if stopping:
                     raise TrainingStopped(done, path)
-        flush()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        history.seconds += time.perf_counter() - started
+        log.flush()
+        _count_seconds(history, cfg.device, started)
     finally:
         bar.close()
-        if channels_last:  # hand the model back as it came: state_dict tensors contiguous (safetensors needs them)
+        if cfg.channels_last:  # hand the model back as it came: state_dict tensors contiguous (safetensors needs them)
             model.to(memory_format=torch.contiguous_format)
-    if summary_only and start < steps and is_main:
+
+    if summary_only and start < cfg.steps and is_main:
         first, final = history.loss[0] if history.loss else float("nan"), history.final_loss
-        print(f"{desc or 'fit'}: {steps - start} steps in {history.seconds:.1f} s, loss {first:.4f} -> {final:.4f}")
+        print(f"{desc or 'fit'}: {cfg.steps - start} steps in {history.seconds:.1f} s, "
+              f"loss {first:.4f} -> {final:.4f}")
     return history
-
-
-def _mean_of_pieces(losses: list[torch.Tensor], logged: list[dict]) -> tuple[torch.Tensor, dict]:
-    """One step's loss and logged values: those of its only piece, or their means over the pieces."""
-    if len(losses) == 1:
-        return losses[0], logged[0]
-    names = dict.fromkeys(name for logs in logged for name in logs)
-    means = {name: torch.stack([logs[name].to(losses[0].device) for logs in logged if name in logs]).mean()
-             for name in names}
-    return torch.stack(losses).mean(), means
-
-
-def _resume(path: Path, model, optimizer, scheduler, scaler, config: dict, device,
-            generators=()) -> tuple[int, History]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise RuntimeError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); "
-                           "delete it to train from the start") from err
-    if not isinstance(state, Mapping) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a checkpoint written by medmm_lite.train.fit; "
-                         "delete it or use another checkpoint_path")
-    _check_architecture(path, state["model"], model)
-    different = {k: (state["config"].get(k), v) for k, v in config.items() if state["config"].get(k) != v}
-    if different:
-        listed = ", ".join(f"{k}={old!r} there but {new!r} now" for k, (old, new) in different.items())
-        raise ValueError(f"checkpoint {path} was written by a run with other settings ({listed}); resuming "
-                         "would not reproduce either run. Delete it or use another checkpoint_path")
-    model.load_state_dict(state["model"])
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-    except ValueError as err:
-        raise ValueError(f"checkpoint {path} trained a different set of parameters ({err}); "
-                         "delete it or use another checkpoint_path") from err
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    # each process continues its own random streams (rank 0's when the file has one set only)
-    per_rank = state.get("rng_per_rank") or [state["rng"]]
-    ranks, me = dist_utils.world_size(), dist_utils.rank()
-    if len(per_rank) != ranks and me == 0:
-        warnings.warn(f"checkpoint {path} was written by {len(per_rank)} process(es), resumed on {ranks}: the "
-                      "batches are the same, random augmentations and masks are not", stacklevel=3)
-    _set_rng_state(per_rank[me] if me < len(per_rank) else per_rank[0], device, generators, path)
-    return int(state["step"]), History.from_dict(state["history"])
 
 
 __all__ = ["fit", "fit_defaults", "TrainingStopped", "History", "warmup_cosine", "param_groups", "batch_indices",
