@@ -16,7 +16,9 @@ here, and this module holds the pieces it needs, each small and tested:
   validation and the test split;
 * **intervals** (:func:`weighted_macro_auroc`, :func:`patient_bootstrap`): a bootstrap that
   resamples test *patients* (all studies of a drawn patient come together) and, in the same
-  replicate, the pretraining seeds;
+  replicate, the pretraining seeds; the AUROC and the resampler are the library's own
+  (:mod:`medmm_lite.eval.metrics`), as is the probe-to-head conversion
+  (:func:`medmm_lite.adapt.finetune.head_from_probe`);
 * **the verdict** (:func:`best_by_validation`, :func:`improvement_table`): the best image-only
   arm is chosen on the validation split, and each image-text arm's improvement over it is an
   interval from the paired replicates (the review's Figure 5a).
@@ -32,8 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .adapt.finetune import Standardize
+from .adapt.finetune import head_from_probe as probe_head
 from .adapt.probe import extract_features, linear_probe
 from .adapt.protocol import LABEL_FRACTIONS, PATHOLOGY_COLUMNS, Classifier, label_subset, predict, train_classifier
+from .eval.metrics import interval, macro_auroc, patient_bootstrap_weights
 from .profiles import Profile
 
 REVIEW_IMPROVEMENT = 0.050  # the review: multimodal minus single-modality AUROC, on average (10 contrastive studies)
@@ -221,34 +226,6 @@ def label_subsets(train_idx, labels, fractions=LABEL_FRACTIONS, seed: int = 0) -
     return {f: label_subset(train_idx, labels, f, seed=seed) for f in fractions}
 
 
-class Standardize(nn.Module):
-    """A fixed standardisation of features, ``(x - mean) * inv_std``: a probe's BatchNorm in eval mode,
-    kept frozen (buffers, not parameters) when the probe becomes a fine-tuned classifier's head."""
-
-    def __init__(self, mean: torch.Tensor, inv_std: torch.Tensor):
-        super().__init__()
-        self.register_buffer("mean", mean.detach().clone().float())
-        self.register_buffer("inv_std", inv_std.detach().clone().float())
-
-    def forward(self, x):
-        return (x - self.mean) * self.inv_std
-
-
-def probe_head(probe) -> nn.Sequential:
-    """A trained linear probe as a head on raw features: ``Standardize`` (its BatchNorm's running
-    statistics, frozen) then a copy of its ``Linear``. ``head(x)`` gives the probe's logits.
-
-    (Folding the standardisation into the linear layer is the same map in exact arithmetic, but
-    image features that barely vary, as a fresh ViT's do, give it weights of 1/std ~ 1e3 and a bias
-    that cancels them: float32 loses the probe's output. Keeping the two steps keeps the numbers.)
-    """
-    norm, linear = probe.model[0], probe.model[1]
-    inv_std = 1.0 / torch.sqrt(norm.running_var + norm.eps)
-    head = nn.Linear(linear.in_features, linear.out_features)
-    head.load_state_dict({k: v.detach().cpu() for k, v in linear.state_dict().items()})
-    return nn.Sequential(Standardize(norm.running_mean.cpu(), inv_std.cpu()), head)
-
-
 def probe_scores(features: dict, labels, splits, subsets: dict, *, steps: int, seed: int = 0, device=None) -> dict:
     """Linear probes on frozen features; ``{fraction: {"val": (n_val, 9), "test": (n_test, 9), "head": module}}``.
 
@@ -378,13 +355,6 @@ def best_by_validation(val_auroc: dict, candidates) -> str:
 
 
 # --------------------------------------------------------------------------- AUROC and the bootstrap
-def macro_auroc(labels, scores) -> float:
-    """Macro AUROC over the columns with both classes (as ``eval.auroc``), unweighted."""
-    labels, scores = np.asarray(labels), np.asarray(scores)
-    value = weighted_macro_auroc(labels, scores[None], np.ones((1, len(labels))))[0, 0]
-    return float(value)
-
-
 def weighted_macro_auroc(labels, scores, weights) -> np.ndarray:
     """Macro AUROC of several score sets under several weightings of the rows, vectorised.
 
@@ -394,68 +364,33 @@ def weighted_macro_auroc(labels, scores, weights) -> np.ndarray:
         weights: (B, n) non-negative row weights; a bootstrap replicate's weight of a study is how
             many times it was drawn, so weighted AUROC = AUROC of the resampled rows.
 
-    Returns (K, B): per score set and weighting, the mean over columns of the weighted AUROC
-    (Mann-Whitney: the weighted share of positive-negative pairs ranked right, ties counting a
-    half), leaving out a column where a weighting has no positive or no negative weight.
+    Returns (K, B): per score set and weighting, :func:`~medmm_lite.eval.metrics.macro_auroc`
+    under that weighting: the mean over columns of the weighted AUROC (Mann-Whitney: the weighted
+    share of positive-negative pairs ranked right, ties counting a half), leaving out a column
+    where a weighting has no positive or no negative weight.
     """
     y = np.asarray(labels, dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     if y.ndim != 2 or s.ndim != 3 or s.shape[1:] != y.shape or w.ndim != 2 or w.shape[1] != y.shape[0]:
         raise ValueError(f"expected labels (n, C), scores (K, n, C), weights (B, n); got {y.shape}, {s.shape}, {w.shape}")
-    if (w < 0).any():
-        raise ValueError("weights must be non-negative")
-    K, n, C = s.shape
-    B = w.shape[0]
-    total = np.zeros((K, B))
-    count = np.zeros((K, B))
-    for c in range(C):
-        yc = y[:, c]
-        pos_w, neg_w = w @ yc, w @ (1 - yc)              # (B,)
-        defined = (pos_w > 0) & (neg_w > 0)
-        if not defined.any():
-            continue
-        for k in range(K):
-            order = np.argsort(s[k, :, c], kind="stable")
-            ss, ys = s[k, order, c], yc[order]
-            wo = w[:, order]                               # (B, n)
-            new_group = np.r_[True, ss[1:] != ss[:-1]]
-            group = np.cumsum(new_group) - 1               # group id of each sorted row
-            first = np.flatnonzero(new_group)              # first row of each group
-            last = np.r_[first[1:], n]                     # one past its last row
-            cum = np.concatenate([np.zeros((B, 1)), np.cumsum(wo * (1 - ys), axis=1)], axis=1)
-            below = cum[:, first[group]]                   # negative weight strictly below
-            tied = cum[:, last[group]] - below             # negative weight tied
-            pairs = ((wo * ys) * (below + 0.5 * tied)).sum(axis=1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                value = np.where(defined, pairs / (pos_w * neg_w), 0.0)
-            total[k] += value
-            count[k] += defined
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return np.stack([macro_auroc(y, score_set, w) for score_set in s])
 
 
 def patient_weights(patient_ids, n_boot: int, seed: int = 0) -> np.ndarray:
     """(n_boot, n) weights of a patient bootstrap: each replicate draws as many patients as there
     are, with replacement, and a study's weight is how many times its patient was drawn (so all
-    studies of a drawn patient come together)."""
-    patients, index = np.unique(np.asarray(patient_ids), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    drawn = rng.integers(0, len(patients), size=(n_boot, len(patients)))
-    counts = np.zeros((n_boot, len(patients)))
-    np.add.at(counts, (np.arange(n_boot)[:, None], drawn), 1)
-    return counts[:, index]
+    studies of a drawn patient come together). The library's
+    :func:`~medmm_lite.eval.metrics.patient_bootstrap_weights`."""
+    return patient_bootstrap_weights(patient_ids, n_boot, seed)
 
 
 def seed_weights(n_seeds: int, n_boot: int, seed: int = 0, resample: bool = True) -> np.ndarray:
     """(n_boot, n_seeds) how many times each pretraining seed is drawn in each replicate (with
-    replacement), or all ones with ``resample=False``."""
+    replacement: the same resampler, each seed its own "patient"), or all ones with ``resample=False``."""
     if not resample:
         return np.ones((n_boot, n_seeds))
-    drawn = np.random.default_rng(seed).integers(0, n_seeds, size=(n_boot, n_seeds))
-    counts = np.zeros((n_boot, n_seeds))
-    np.add.at(counts, (np.arange(n_boot)[:, None], drawn), 1)
-    return counts
+    return patient_bootstrap_weights(np.arange(n_seeds), n_boot, seed)
 
 
 @dataclass
@@ -486,9 +421,7 @@ class BootstrapResult:
 
 
 def _interval(point, replicates, alpha):
-    replicates = replicates[np.isfinite(replicates)]
-    low, high = np.percentile(replicates, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(point), float(low), float(high)
+    return (float(point), *interval(replicates, alpha))
 
 
 def patient_bootstrap(labels, scores: dict, patient_ids, *, n_boot: int = 1000, seed: int = 0,

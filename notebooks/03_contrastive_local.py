@@ -50,12 +50,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import rankdata
 
 import medmm_lite
 from medmm_lite import data as D
 from medmm_lite.adapt import pathology_auroc, probe_curve, prompt_embeddings, supervised_baseline, zero_shot_classify
 from medmm_lite.eval import bootstrap_ci
+from medmm_lite.eval.metrics import interval, macro_auroc, patient_bootstrap_weights
 from medmm_lite.models import count_parameters
 from medmm_lite.objectives import local_contrastive_loss, merge_subwords, merged_words, word_region_attention
 from medmm_lite.plotting import draw_boxes
@@ -511,20 +511,26 @@ fig.tight_layout()
 # difference (the same test studies resampled for both arms) excludes zero:
 
 # %%
-def macro_auroc(y, s):
-    """AUROC per column as the Mann-Whitney statistic, from ranks (fast enough to bootstrap)."""
-    ranks = rankdata(s, axis=0)                      # ties get their average rank, as in sklearn
-    positives = y.sum(0)
-    negatives = len(y) - positives
-    ok = (positives > 0) & (negatives > 0)
-    per_column = ((ranks * y).sum(0) - positives * (positives + 1) / 2) / np.maximum(positives * negatives, 1)
-    return float(per_column[ok].mean())
+def describe(point, low, high):
+    clear = "a clear difference" if low > 0 or high < 0 else "within noise"
+    return f"{point:+.3f} (95% interval {low:+.3f} to {high:+.3f}): {clear}"
 
 
 def paired_difference(metric, *arrays):
-    point, low, high = bootstrap_ci(metric, *arrays, n_boot=500, seed=SEED)
-    clear = "a clear difference" if low > 0 or high < 0 else "within noise"
-    return f"{point:+.3f} (95% interval {low:+.3f} to {high:+.3f}): {clear}"
+    return describe(*bootstrap_ci(metric, *arrays, n_boot=500, seed=SEED))
+
+
+# AUROC resamples the same way, written as weights: with every test study its own "patient",
+# patient_bootstrap_weights draws the resamples bootstrap_ci draws with this seed, and the
+# library's macro_auroc scores all 500 of them in one call (the per-resample loop would call
+# scikit-learn thousands of times).
+y = labels.numpy()
+resamples = patient_bootstrap_weights(np.arange(len(y)), n_boot=500, seed=SEED)
+
+
+def auroc_difference(y, a, b):
+    boot = macro_auroc(y, a, resamples) - macro_auroc(y, b, resamples)
+    return describe(macro_auroc(y, a) - macro_auroc(y, b), *interval(boot))
 
 
 hits_local = scores["local + global"]["hits"].numpy().astype(float)
@@ -534,16 +540,12 @@ print("pointing game, local + global minus random:",
       paired_difference(lambda a, c: a.mean() - c.mean(), hits_local, chance_trial))
 print("pointing game, local + global minus global only:",
       paired_difference(lambda a, b: a.mean() - b.mean(), hits_local, hits_global))
-y = labels.numpy()
-assert abs(macro_auroc(y, zs_scores["global only"]) - zero_shot["global only"]["macro"]) < 1e-9
 small_cols = [D.PATHOLOGIES.index(f) for f in SMALL]
 print("zero-shot AUROC (all 9), local + global minus global only:",
-      paired_difference(lambda y, a, b: macro_auroc(y, a) - macro_auroc(y, b),
-                        y, zs_scores["local + global"], zs_scores["global only"]))
+      auroc_difference(y, zs_scores["local + global"], zs_scores["global only"]))
 print("zero-shot AUROC (small 3), local + global minus global only:",
-      paired_difference(lambda y, a, b: macro_auroc(y[:, small_cols], a[:, small_cols])
-                        - macro_auroc(y[:, small_cols], b[:, small_cols]),
-                        y, zs_scores["local + global"], zs_scores["global only"]))
+      auroc_difference(y[:, small_cols], zs_scores["local + global"][:, small_cols],
+                       zs_scores["global only"][:, small_cols]))
 for fraction in fractions:
     gap = probes["local + global"][fraction]["macro"] - probes["global only"][fraction]["macro"]
     behind = supervised[fraction]["macro"] - probes["local + global"][fraction]["macro"]

@@ -54,13 +54,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
-from scipy.stats import rankdata
-from sklearn.metrics import roc_auc_score
 
 import medmm_lite
 from medmm_lite import data as D
 from medmm_lite import generative as G
-from medmm_lite.eval import bootstrap_ci, psnr
+from medmm_lite.eval import psnr
+from medmm_lite.eval.metrics import interval, macro_auroc, patient_bootstrap_weights
 from medmm_lite.models import count_parameters
 from medmm_lite.widgets import generation_box
 
@@ -286,7 +285,7 @@ def score(clf, X):
 
 
 classifier = fit_classifier(X_train, y_train)
-real_auroc = roc_auc_score(y_test, score(classifier, X_test))
+real_auroc = macro_auroc(y_test, score(classifier, X_test))
 print(f"effusion classifier trained on {len(y_train)} real images ({int(y_train.sum())} effusions): "
       f"real test AUROC {real_auroc:.3f}")
 medmm_lite.record("real_classifier_auroc", real_auroc)
@@ -309,7 +308,7 @@ for w in GUIDANCE:
                                         steps=DDIM_STEPS, guidance=w)).cpu() for k in (0, 1)]
     generated[w] = pair
     s_eff, s_none = score(classifier, features(pair[0])), score(classifier, features(pair[1]))
-    gen_auroc[w] = roc_auc_score(np.r_[np.ones(N_PER_PROMPT), np.zeros(N_PER_PROMPT)], np.r_[s_eff, s_none])
+    gen_auroc[w] = macro_auroc(np.r_[np.ones(N_PER_PROMPT), np.zeros(N_PER_PROMPT)], np.r_[s_eff, s_none])
     print(f"w = {w}: classifier AUROC, effusion prompt vs no-finding prompt: {gen_auroc[w]:.3f}")
 print(f"{2 * N_PER_PROMPT * len(GUIDANCE)} images in {time.perf_counter() - t0:.0f} s")
 medmm_lite.record("gen_classifier_auroc_w0", gen_auroc[0.0])
@@ -419,30 +418,23 @@ s_with_syn = score(fit_classifier(np.r_[X_small, X_syn], np.r_[y_small, y_syn]),
 s_syn_only = score(fit_classifier(X_syn, y_syn), X_test)
 
 
-def fast_auroc(y, s):
-    """AUROC as the Mann-Whitney statistic (the same number as roc_auc_score, ~50x faster: the
-    bootstrap calls it thousands of times)."""
-    pos = y == 1
-    n_pos, n_neg = pos.sum(), (~pos).sum()
-    if n_pos == 0 or n_neg == 0:
-        return np.nan
-    return (rankdata(s)[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
-assert abs(fast_auroc(y_test, s_real_only) - roc_auc_score(y_test, s_real_only)) < 1e-9
-ci_real = bootstrap_ci(fast_auroc, y_test, s_real_only, seed=SEED)
-ci_with = bootstrap_ci(fast_auroc, y_test, s_with_syn, seed=SEED)
-ci_diff = bootstrap_ci(lambda y, a, b: fast_auroc(y, b) - fast_auroc(y, a), y_test, s_real_only,
-                       s_with_syn, seed=SEED)
+# A thousand resamples of the test studies, as weights (each study its own "patient": how many
+# times it was drawn), scored all at once by the library's AUROC; the same resamples for both
+# classifiers, so the difference is paired.
+resamples = patient_bootstrap_weights(np.arange(len(y_test)), n_boot=1000, seed=SEED)
+boot_real, boot_with = macro_auroc(y_test, s_real_only, resamples), macro_auroc(y_test, s_with_syn, resamples)
+ci_real = (macro_auroc(y_test, s_real_only), *interval(boot_real))
+ci_with = (macro_auroc(y_test, s_with_syn), *interval(boot_with))
+ci_diff = (ci_with[0] - ci_real[0], *interval(boot_with - boot_real))
 print(f"{len(small)} real labelled studies ({int(y_small.sum())} effusions), {len(y_syn)} generated ones")
 print(f"real only:          AUROC {ci_real[0]:.3f} [{ci_real[1]:.3f}, {ci_real[2]:.3f}]")
 print(f"real + generated:   AUROC {ci_with[0]:.3f} [{ci_with[1]:.3f}, {ci_with[2]:.3f}]")
-print(f"generated only:     AUROC {roc_auc_score(y_test, s_syn_only):.3f}")
+print(f"generated only:     AUROC {macro_auroc(y_test, s_syn_only):.3f}")
 print(f"all {len(train_idx)} real labels: AUROC {real_auroc:.3f}")
 print(f"difference (with - without): {ci_diff[0]:+.3f} [{ci_diff[1]:+.3f}, {ci_diff[2]:+.3f}]")
 medmm_lite.record("roentgen_auroc_real_only", ci_real[0])
 medmm_lite.record("roentgen_auroc_with_synthetic", ci_with[0])
-medmm_lite.record("roentgen_auroc_synthetic_only", roc_auc_score(y_test, s_syn_only))
+medmm_lite.record("roentgen_auroc_synthetic_only", macro_auroc(y_test, s_syn_only))
 medmm_lite.record("roentgen_auroc_gain", ci_diff[0])
 verdict = ("helped (the interval is above 0)" if ci_diff[1] > 0 else "hurt (the interval is below 0)"
            if ci_diff[2] < 0 else "made no difference this test set can resolve (the interval includes 0)")

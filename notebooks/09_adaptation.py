@@ -61,7 +61,6 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch import nn
 
 import medmm_lite
@@ -71,7 +70,7 @@ from medmm_lite.adapt import (LoRALinear, apply_lora, extract_features, finetune
                               report_prompt_embeddings, supervised_baseline, zero_shot_classify)
 from medmm_lite.adapt.finetune import LORA_TARGETS
 from medmm_lite.data.findings import PATHOLOGIES
-from medmm_lite.eval import bootstrap_ci
+from medmm_lite.eval.metrics import interval, macro_auroc, patient_bootstrap_weights
 from medmm_lite.models import count_parameters
 from medmm_lite.plotting import label_efficiency
 from medmm_lite.pretrain import clip as CL
@@ -234,7 +233,7 @@ medmm_lite.record("partial_trainable_fraction", trainable["partial"] / total)
 # standard cures: a smaller learning rate for the encoder than for the head, or **linear probing,
 # then fine-tuning** (LP-FT). `fit` has one learning rate, so the course does LP-FT, and it costs
 # nothing extra: the probes of section 3 are already trained. Their BatchNorm (a fixed
-# standardisation after training) folds into the head's linear layer,
+# standardisation after training) could even fold into the head's linear layer,
 # $W \frac{x - \mu}{\sigma} + b = \frac{W}{\sigma} x + \left(b - \frac{W}{\sigma}\mu\right)$:
 
 # %%
@@ -245,18 +244,25 @@ my_head = nn.Linear(encoder.dim, len(PATHOLOGIES))
 with torch.no_grad():
     my_head.weight.copy_(linear.weight / sigma)
     my_head.bias.copy_(linear.bias - (linear.weight / sigma) @ bn.running_mean)
-    library_head = head_from_probe(probe, nn.Linear(encoder.dim, len(PATHOLOGIES)))
-    assert torch.allclose(library_head.weight, my_head.weight) and torch.allclose(library_head.bias, my_head.bias)
     # The algebra is exact, float32 is not: the folded bias subtracts two large terms wherever a
     # feature's mean is far from zero in units of its spread. So check the fold in float64, against
     # the probe module itself (a float32 check passed with one CPU thread and failed with two).
     x64, w64 = test_features.double(), linear.weight.double()
     sigma64 = torch.sqrt(bn.running_var.double() + bn.eps)
     folded = x64 @ (w64 / sigma64).T + (linear.bias.double() - (w64 / sigma64) @ bn.running_mean.double())
-    torch.testing.assert_close(folded, copy.deepcopy(probe.model).double().eval()(x64), rtol=0, atol=1e-9)
-    gap = (my_head(test_features) - probe.predict_logits(test_features)).abs().max().item()
-print(f"the folded head reproduces the probe's logits (in float64; in float32 the two differ by up to {gap:.1e}): "
-      "fine-tuning starts from the probe's answer")
+    exact = copy.deepcopy(probe.model).double().eval()(x64)      # the probe's logits, in float64
+    torch.testing.assert_close(folded, exact, rtol=0, atol=1e-9)
+    # The library keeps the two steps instead: a fixed standardisation, then a trainable copy of
+    # the probe's linear layer. Same map, and no cancellation in float32.
+    library_head = head_from_probe(probe, nn.Linear(encoder.dim, len(PATHOLOGIES)))
+    standardize, library_linear = library_head
+    assert torch.equal(library_linear.weight, linear.weight) and torch.equal(library_linear.bias, linear.bias)
+    assert not any(p.requires_grad for p in standardize.parameters()), "the standardisation stays fixed"
+    folded_gap = (my_head(test_features).double() - exact).abs().max().item()
+    library_gap = (library_head(test_features).double() - exact).abs().max().item()
+assert library_gap < 1e-3, "the library's head computes the probe's logits"
+print(f"in float32, against the probe's logits in float64: the folded head is off by up to {folded_gap:.1e}, the "
+      f"library's two-step head by {library_gap:.1e}: fine-tuning starts from the probe's answer")
 
 # %% [markdown]
 # Does it matter? Full fine-tuning on 10% of the labels, once from a fresh head and once from the
@@ -368,37 +374,22 @@ test_scores["from scratch (lesson 01)"] = {f"{f:.0%}": r["test_scores"] for f, r
 #
 # AUROC on a few hundred test studies is itself uncertain. A bootstrap resamples the test studies
 # with replacement and recomputes the metric; the 2.5 and 97.5 percentiles make a 95% interval.
-# It needs thousands of AUROCs, so we compute the macro AUROC in one vectorised step, from ranks
-# (the Mann-Whitney form: AUROC is the probability that a random positive outranks a random
-# negative), and check it against the library's first.
+# It needs thousands of AUROCs, so the resamples are written as weights (how many times each
+# study was drawn; every study its own "patient" for the library's patient bootstrap) and the
+# library's `macro_auroc` scores all of them in one call: the weighted Mann-Whitney form of AUROC,
+# the probability that a random positive outranks a random negative.
 
 # %%
-def fast_macro_auroc(y, s):
-    """Macro AUROC over columns with both classes, from average ranks (ties count half)."""
-    y, s = np.asarray(y, dtype=np.float64), np.asarray(s, dtype=np.float64)
-    ranks = rankdata(s, axis=0)
-    pos = y.sum(0)
-    neg = len(y) - pos
-    ok = (pos > 0) & (neg > 0)
-    u = (ranks * y).sum(0) - pos * (pos + 1) / 2
-    return float(np.mean(u[ok] / (pos[ok] * neg[ok])))
-
-
 y_test = test_labels.numpy()
-assert abs(fast_macro_auroc(y_test, zero_shot_scores) - zero_shot) < 1e-9
+resamples = patient_bootstrap_weights(np.arange(len(y_test)), n_boot=500, seed=SEED)   # (500, n_test)
 
 results = {method: {name: pathology_auroc(test_labels, s)["macro"] for name, s in scores.items()}
            for method, scores in test_scores.items()}
 intervals = {}
 for method, scores in test_scores.items():
-    intervals[method] = {}
-    for name in ("1%", "100%"):
-        point, low, high = bootstrap_ci(fast_macro_auroc, y_test, np.asarray(scores[name]), n_boot=500, seed=SEED)
-        assert abs(point - results[method][name]) < 1e-9
-        intervals[method][name] = (low, high)
-zero_shot_ci = bootstrap_ci(fast_macro_auroc, y_test, np.asarray(zero_shot_scores), n_boot=500, seed=SEED)[1:]
-vlm_ci = bootstrap_ci(fast_macro_auroc, y_test, vlm_scores[:, [D.FINDINGS.index(f) for f in PATHOLOGIES]],
-                      n_boot=500, seed=SEED)[1:]
+    intervals[method] = {name: interval(macro_auroc(y_test, scores[name], resamples)) for name in ("1%", "100%")}
+zero_shot_ci = interval(macro_auroc(y_test, zero_shot_scores, resamples))
+vlm_ci = interval(macro_auroc(y_test, vlm_scores[:, [D.FINDINGS.index(f) for f in PATHOLOGIES]], resamples))
 
 # %%
 wall = {"linear probe": feature_seconds + sum(p.history.seconds for p in probes.values())}

@@ -53,7 +53,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import rankdata
 
 import medmm_lite
 from medmm_lite import data as D
@@ -62,6 +61,7 @@ from medmm_lite.adapt import extract_features, linear_probe, pathology_auroc
 from medmm_lite.adapt.protocol import PATHOLOGY_COLUMNS
 from medmm_lite.backbones import image_encoder
 from medmm_lite.eval import auroc, dice
+from medmm_lite.eval.metrics import macro_auroc, patient_bootstrap_weights, weighted_auroc
 from medmm_lite.objectives import clip_loss
 from medmm_lite.pretrain import labs_clip as LC
 from medmm_lite.pretrain import mri_contrastive as MC
@@ -211,34 +211,21 @@ assert h.final_loss < np.log(P.batch_size) - 0.3, "the image tower must learn to
 # A linear probe on each frozen encoder (nine sigmoid outputs, the training split's labels), AUROC
 # per finding on the test split. For intervals we resample test studies (a percentile bootstrap)
 # and compute, on each resample, both encoders' AUROC, so the interval of their *difference* is
-# paired. AUROC is the Mann-Whitney statistic, the chance a random positive outscores a random
-# negative; with average ranks for ties it is a few array operations, which lets all resamples
-# run at once:
+# paired. A resample is a row of weights, how many times each test study was drawn, and the
+# library's `weighted_auroc` scores every finding on every resample at once (the weighted
+# Mann-Whitney statistic: the chance a random positive outscores a random negative):
 
 # %%
-def auroc_by_ranks(y, s):
-    """AUROC of each row: y (B, n) 0/1 labels, s (B, n) scores (ties get average ranks)."""
-    r = rankdata(s, axis=-1)
-    n_pos = y.sum(-1)
-    n_neg = y.shape[-1] - n_pos
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return ((r * y).sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
-rng = np.random.default_rng(SEED)
-BOOT_ROWS = rng.integers(0, len(test_idx), size=(N_BOOT, len(test_idx)))   # the same resamples everywhere
-y_check, s_check = Y[test_idx, 0], rng.normal(size=len(test_idx)) + Y[test_idx, 0]
-assert abs(auroc_by_ranks(y_check, s_check) - auroc(y_check, s_check)["macro"]) < 1e-9
+# every test study its own "patient": a bootstrap of studies, the same resamples everywhere
+BOOT_WEIGHTS = patient_bootstrap_weights(np.arange(len(test_idx)), n_boot=N_BOOT, seed=SEED)   # (N_BOOT, n_test)
 
 
 def per_finding_auroc(scores, columns=range(len(FINDINGS))):
     """{finding: (AUROC, bootstrap resamples (N_BOOT,))} on the test split; scores (n_test, 9)."""
-    y = Y[test_idx]
-    out = {}
-    for j in columns:
-        boot = auroc_by_ranks(y[BOOT_ROWS, j], scores[BOOT_ROWS, j])   # (N_BOOT,), NaN if one class
-        out[FINDINGS[j]] = (float(auroc_by_ranks(y[:, j], scores[:, j])), boot)
-    return out
+    columns = list(columns)
+    y, s = Y[test_idx][:, columns], np.asarray(scores)[:, columns]
+    point, boot = weighted_auroc(y, s), weighted_auroc(y, s, BOOT_WEIGHTS)   # (k,), (N_BOOT, k); NaN: one class
+    return {FINDINGS[j]: (float(point[i]), boot[:, i]) for i, j in enumerate(columns)}
 
 
 def difference(a, b):
@@ -549,7 +536,7 @@ seg_masks = {}
 n_seg = len(mri_train) // 2
 les_test = mri_test.has_lesion.numpy()
 rows_les = np.random.default_rng(SEED).integers(0, les_test.sum(), size=(N_BOOT, les_test.sum()))
-rows_all = np.random.default_rng(SEED + 1).integers(0, len(les_test), size=(N_BOOT, len(les_test)))
+weights_all = patient_bootstrap_weights(np.arange(len(les_test)), n_boot=N_BOOT, seed=SEED + 1)
 y_det = les_test.astype(float)
 for name, enc in mri_encoders.items():
     g_train, l_train = MC.extract_patch_features(enc, mri_train.t1, device=P.device)
@@ -565,7 +552,7 @@ for name, enc in mri_encoders.items():
     det_global = probe.test_scores[:, 0].numpy()
     mri_results[name] = {"dice": float(d.mean()), "dice_boot": d[rows_les].mean(1),
                          "auroc": auroc(y_det, det_seg)["macro"],
-                         "auroc_boot": auroc_by_ranks(y_det[rows_all], det_seg[rows_all]),
+                         "auroc_boot": macro_auroc(y_det, det_seg, weights_all),
                          "auroc_global": auroc(y_det, det_global)["macro"]}
     seg_masks[name] = masks
 for name, r in mri_results.items():

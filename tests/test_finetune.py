@@ -171,10 +171,41 @@ def test_head_from_probe_reproduces_the_probe():
     logits = torch.logit(predict(model, images).clamp(1e-6, 1 - 1e-6))
     assert torch.allclose(logits, probe.predict_logits(features), atol=1e-3)
     assert isinstance(model, AdaptedClassifier)
+    with torch.no_grad():                             # the classifier's head is the library's probe head
+        torch.testing.assert_close(model.head(features), head_from_probe(probe)(features), rtol=0, atol=0)
     with pytest.raises(ValueError, match="probe maps"):
         head_from_probe(probe, nn.Linear(32, C + 1))
     with pytest.raises(TypeError, match="LinearProbe"):
         prepare(encoder, "full", num_classes=C, head=nn.Linear(32, C))
+
+
+
+@pytest.mark.parametrize("scale,shift", [(1.0, 0.0), (1e-3, 5.0)])   # (1e-3, 5): barely varying, as a fresh ViT's
+def test_head_from_probe_gives_the_probes_logits(scale, shift):
+    import copy
+
+    from medmm_lite import capstone as K
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 12, generator=g) * scale + shift
+    y = (torch.randn(80, C, generator=g) + (x[:, :C] - shift) / scale > 0).float()
+    probe = linear_probe(x, y, steps=40, seed=0, device="cpu")
+    state = {k: v.clone() for k, v in probe.model.state_dict().items()}
+    rng_before = torch.random.get_rng_state()
+    head = head_from_probe(probe)
+    assert torch.equal(torch.random.get_rng_state(), rng_before), "no random number is drawn"
+    standardize, linear = head
+    assert isinstance(linear, nn.Linear) and all(p.requires_grad for p in linear.parameters())
+    assert not list(standardize.parameters()), "the standardisation is fixed (buffers)"
+    assert torch.equal(linear.weight, probe.model[1].weight) and linear.weight is not probe.model[1].weight
+    with torch.no_grad():
+        exact = copy.deepcopy(probe.model).double().eval()(x.double())      # the probe's logits, in float64
+        logits = head(x)
+        torch.testing.assert_close(logits.double(), exact, rtol=1e-6, atol=1e-5)
+        if scale == 1.0:                              # well-scaled features: the probe's own float32 logits
+            torch.testing.assert_close(logits, probe.predict_logits(x))
+        torch.testing.assert_close(K.probe_head(probe)(x), logits, rtol=0, atol=0)
+    assert all(torch.equal(v, probe.model.state_dict()[k]) for k, v in state.items()), "the probe is unchanged"
 
 
 def test_cached_finetune_loads_the_same_model(tmp_path, monkeypatch):

@@ -293,6 +293,94 @@ def test_text_metrics_bad_input(fn):
         fn(["a"], [None])
 
 
+
+# ------------------------------------------------------------------ the one AUROC (issue 19)
+
+def test_the_one_auroc_is_sklearns_with_a_one_class_finding():
+    from medmm_lite.eval.metrics import macro_auroc, weighted_auroc
+
+    rng = np.random.default_rng(3)
+    y = (rng.random((150, 6)) < rng.uniform(0.1, 0.5, 6)).astype(float)
+    y[:, 2] = 1.0                                        # a finding with one class: no AUROC
+    s = np.round(rng.normal(size=y.shape) + y, 1)        # rounded: ties
+    expected = [roc_auc_score(y[:, j], s[:, j]) if j != 2 else np.nan for j in range(6)]
+    np.testing.assert_allclose(weighted_auroc(y, s), expected, rtol=0, atol=1e-12)
+    names = list("abcdef")
+    out = auroc(y, s, names=names)
+    assert out["skipped"] == ["c"] and out["per_finding"] == {n: expected[j] for j, n in enumerate(names) if j != 2}
+    mean = np.mean([e for e in expected if not np.isnan(e)])
+    assert isinstance(macro_auroc(y, s), float)
+    assert macro_auroc(y, s) == pytest.approx(mean, abs=1e-12) and out["macro"] == pytest.approx(mean, abs=1e-12)
+    assert macro_auroc(y[:, 0], s[:, 0]) == pytest.approx(roc_auc_score(y[:, 0], s[:, 0]), abs=1e-12)
+    # row weights (bootstrap resamples): roc_auc_score with sample_weight, and the repeated rows
+    w = rng.integers(0, 4, size=(5, 150)).astype(float)
+    per = weighted_auroc(y, s, w)
+    assert per.shape == (5, 6) and np.isnan(per[:, 2]).all()
+    for b in range(5):
+        rows = np.repeat(np.arange(150), w[b].astype(int))
+        for j in (0, 1, 3, 4, 5):
+            assert per[b, j] == pytest.approx(roc_auc_score(y[:, j], s[:, j], sample_weight=w[b]), abs=1e-12)
+            assert per[b, j] == pytest.approx(roc_auc_score(y[rows, j], s[rows, j]), abs=1e-12)
+    np.testing.assert_allclose(macro_auroc(y, s, w), np.nanmean(per, axis=1), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(weighted_auroc(y, s, np.ones(150)), weighted_auroc(y, s), rtol=0, atol=1e-12)
+    # a resample without a positive in some finding leaves it out; none defined at all: NaN
+    only_negatives = np.where(y[:, 0] == 0, 1.0, 0.0)
+    assert np.isnan(weighted_auroc(y[:, :1], s[:, :1], only_negatives[None])).all()
+    assert np.isnan(macro_auroc(y[:, :1], s[:, :1], only_negatives[None])).all()
+    with pytest.raises(ValueError, match="undefined"):
+        macro_auroc(y[:, 2], s[:, 2])                    # every finding has one class
+    with pytest.raises(ValueError, match="non-negative"):
+        weighted_auroc(y, s, -np.ones(150))
+    with pytest.raises(ValueError, match="weights must be"):
+        weighted_auroc(y, s, np.ones(149))
+
+
+def test_the_library_has_one_auroc_one_resampler_and_one_probe_head():
+    from medmm_lite import capstone as K
+    from medmm_lite.adapt.finetune import head_from_probe
+    from medmm_lite.eval import fairness as FA
+    from medmm_lite.eval import metrics as M
+
+    assert K.macro_auroc is FA.macro_auroc is M.macro_auroc
+    assert FA.weighted_auroc is M.weighted_auroc and FA.interval is M.interval
+    assert FA.patient_bootstrap_weights is M.patient_bootstrap_weights
+    assert K.probe_head is head_from_probe
+
+
+def test_patient_bootstrap_is_seeded_whole_patients_and_brackets_the_point():
+    from medmm_lite.eval.metrics import interval, macro_auroc, patient_bootstrap_weights
+
+    rng = np.random.default_rng(0)
+    pid = np.repeat(np.arange(60), rng.integers(1, 4, 60))
+    n = len(pid)
+    y = (rng.random((n, 4)) < 0.3).astype(float)
+    s = y + rng.normal(size=y.shape)
+    w = patient_bootstrap_weights(pid, n_boot=300, seed=1)
+    assert w.shape == (300, n)
+    np.testing.assert_array_equal(w, patient_bootstrap_weights(pid, n_boot=300, seed=1))   # seeded
+    assert not np.array_equal(w, patient_bootstrap_weights(pid, n_boot=300, seed=2))
+    for p in range(60):                                  # a patient's studies share one draw count
+        assert (w[:, pid == p] == w[:, pid == p][:, :1]).all()
+    first = np.r_[True, pid[1:] != pid[:-1]]             # one study per patient: each row draws 60 patients
+    np.testing.assert_array_equal(w[:, first].sum(1), 60)
+    point = macro_auroc(y, s)
+    boot = macro_auroc(y, s, w)
+    low, high = interval(boot)
+    assert low <= point <= high and high - low < 0.3
+    assert interval(boot) == interval(macro_auroc(y, s, patient_bootstrap_weights(pid, n_boot=300, seed=1)))
+    # every row its own patient: the resamples bootstrap_ci draws with the same seed
+    rows = np.arange(n)
+    p2, lo2, hi2 = bootstrap_ci(lambda a, b: macro_auroc(a, b), y, s, n_boot=100, seed=5)
+    lo3, hi3 = interval(macro_auroc(y, s, patient_bootstrap_weights(rows, n_boot=100, seed=5)))
+    assert p2 == pytest.approx(point, abs=1e-12)
+    assert (lo3, hi3) == pytest.approx((lo2, hi2), abs=1e-12)
+    assert all(np.isnan(interval([np.nan, np.nan])))      # every resample undefined: (nan, nan)
+    with pytest.raises(ValueError, match="n_boot"):
+        patient_bootstrap_weights(pid, n_boot=0)
+    with pytest.raises(ValueError, match="1-D"):
+        patient_bootstrap_weights(np.zeros((3, 2)))
+
+
 # ------------------------------------------------------------------ bootstrap
 
 def test_bootstrap_is_deterministic_and_brackets_the_point():

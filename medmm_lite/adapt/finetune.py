@@ -28,8 +28,10 @@ pretrained features"). The usual cures are a lower learning rate for the backbon
 for the head, or *linear probing, then fine-tuning*: train the head on frozen features
 first, then fine-tune from there at a lower rate. ``fit`` has one learning rate, so the
 course uses the second: pass ``head=`` a trained :class:`~medmm_lite.adapt.probe.LinearProbe`
-and its non-affine BatchNorm and linear layer are folded into the classifier's head
-(:func:`head_from_probe`), which then computes exactly the probe's logits at step 0.
+and the classifier's head becomes the probe itself (:func:`head_from_probe`): its non-affine
+BatchNorm as a fixed :class:`Standardize`, then a trainable copy of its linear layer, so at
+step 0 the classifier computes the probe's logits. (The capstone starts its fine-tuning from
+the same heads.)
 """
 from __future__ import annotations
 
@@ -43,9 +45,10 @@ from torch import nn
 
 from ..data.augment import light_augment
 from ..data.findings import PATHOLOGIES
+from ..hub import load_or_train
 from ..models import count_parameters
 from ..train import History
-from .lora import LoRALinear, _check_rank_alpha, apply_lora
+from .lora import LoRALinear, apply_lora, check_rank_alpha
 from .probe import LinearProbe
 from .protocol import Classifier, train_classifier
 
@@ -73,25 +76,48 @@ def _check_method(method) -> str:
     return method
 
 
-@torch.no_grad()
-def head_from_probe(probe: LinearProbe, head: nn.Linear) -> nn.Linear:
-    """Copy a trained probe (``BatchNorm1d(affine=False)`` then ``Linear``) into one ``nn.Linear``.
+class Standardize(nn.Module):
+    """A fixed standardisation of features, ``(x - mean) * inv_std``: a probe's BatchNorm in eval mode,
+    kept frozen (buffers, not parameters) when the probe becomes a fine-tuned classifier's head."""
 
-    The probe computes ``W (x - mu) / sigma + b`` with the BatchNorm's running mean ``mu``
-    and ``sigma = sqrt(var + eps)``; that is ``(W / sigma) x + (b - (W / sigma) mu)``.
+    def __init__(self, mean: torch.Tensor, inv_std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean.detach().clone().float())
+        self.register_buffer("inv_std", inv_std.detach().clone().float())
+
+    def forward(self, x):
+        return (x - self.mean) * self.inv_std
+
+
+@torch.no_grad()
+def head_from_probe(probe: LinearProbe, head: nn.Linear | None = None) -> nn.Sequential:
+    """A trained linear probe as a classifier head: the one probe-to-head conversion of the library.
+
+    The probe is ``BatchNorm1d(affine=False)`` then ``Linear``; the head is :class:`Standardize`
+    (the BatchNorm's running mean and ``1 / sqrt(var + eps)``, fixed buffers) then a copy of the
+    ``Linear`` (trainable), so ``head_from_probe(probe)(x)`` gives the probe's logits on features
+    ``x``. The probe is not changed, and no random number is drawn.
+
+    ``head``: the classifier's current head (an ``nn.Linear``), only to check that the probe
+    has its shape (same features in, same labels out); the returned module replaces it (on its
+    device): ``model.head = head_from_probe(probe, model.head)``.
+
+    Why not fold the standardisation into the linear layer, ``(W / sigma) x + (b - (W / sigma) mu)``?
+    It is the same map in exact arithmetic, but features that barely vary, as a fresh ViT's do,
+    give weights of ``1 / sigma ~ 1e3`` and a bias that cancels them: float32 loses the probe's
+    output (lesson 09 measures the gap). Keeping the two steps keeps the numbers.
     """
     if not isinstance(probe, LinearProbe):
         raise TypeError(f"head must be a LinearProbe (from linear_probe) or None, got {type(probe).__name__}")
     norm, linear = probe.model[0], probe.model[1]
-    if (linear.in_features, linear.out_features) != (head.in_features, head.out_features):
+    if head is not None and (linear.in_features, linear.out_features) != (head.in_features, head.out_features):
         raise ValueError(f"the probe maps {linear.in_features} -> {linear.out_features} but the classifier's head "
                          f"is {head.in_features} -> {head.out_features}: train the probe on this encoder's "
                          "features and the same label columns")
-    sigma = torch.sqrt(norm.running_var + norm.eps)
-    weight = linear.weight / sigma
-    head.weight.copy_(weight.to(head.weight))
-    head.bias.copy_((linear.bias - weight @ norm.running_mean).to(head.bias))
-    return head
+    inv_std = 1.0 / torch.sqrt(norm.running_var + norm.eps)
+    trainable = copy.deepcopy(linear).cpu().float().requires_grad_(True)
+    module = nn.Sequential(Standardize(norm.running_mean.cpu(), inv_std.cpu()), trainable)
+    return module.to(head.weight.device) if head is not None else module
 
 
 def prepare(encoder: nn.Module, method: str, *, num_classes: int = len(PATHOLOGIES), blocks: int = 1,
@@ -110,13 +136,13 @@ def prepare(encoder: nn.Module, method: str, *, num_classes: int = len(PATHOLOGI
     """
     _check_method(method)
     if method == "lora":
-        _check_rank_alpha(rank, alpha)
+        check_rank_alpha(rank, alpha)
     encoder = copy.deepcopy(encoder) if copy_encoder else encoder
     if any(isinstance(m, LoRALinear) for m in encoder.modules()):
         raise ValueError("this encoder already holds LoRA layers: pass the pretrained encoder itself")
     model = AdaptedClassifier(encoder, num_classes)
     if head is not None:
-        head_from_probe(head, model.head)
+        model.head = head_from_probe(head, model.head)
     if method == "probe":
         encoder.requires_grad_(False)
     elif method == "full":
@@ -232,8 +258,6 @@ def finetune(encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
         history = train(model)
         history.seconds = history.seconds or time.perf_counter() - started
     else:
-        from ..hub import load_or_train
-
         digest = hashlib.sha256(labels.numpy().tobytes())
         digest.update(images[:: max(1, len(images) // 64)].float().contiguous().numpy().tobytes())
         key = {**cache_key, "method": method, "steps": steps, "batch_size": batch_size, "lr": float(lr),
@@ -249,4 +273,4 @@ def finetune(encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
 
 
 __all__ = ["METHODS", "LORA_TARGETS", "AdaptedClassifier", "FineTuned", "prepare", "finetune", "finetune_steps",
-           "head_from_probe"]
+           "head_from_probe", "Standardize"]

@@ -5,6 +5,12 @@ tested, and what papers use). What the course teaches is written out here:
 Dice, PSNR and SSIM for images, recall@K and precision@K for retrieval, BLEU
 and ROUGE-L for generated text, and the bootstrap for confidence intervals.
 
+AUROC is computed in one place: :func:`weighted_auroc` (per finding; scikit-learn's
+``roc_auc_score`` underneath, or every bootstrap resample at once when given row weights), with
+:func:`auroc` (a dict per finding) and :func:`macro_auroc` (the mean) on top; a finding with one
+class has no AUROC and is skipped. Intervals: :func:`bootstrap_ci` (any metric, resampling rows)
+and :func:`patient_bootstrap_weights` (resampling patients, as weights) with :func:`interval`.
+
 Conventions: inputs may be NumPy arrays, torch tensors or lists; image metrics
 take torch tensors (``(B, C, H, W)`` batches, or one ``(H, W)``/``(C, H, W)``
 image) and compute on the tensors' device; text metrics take lists of strings,
@@ -38,17 +44,8 @@ def _to_numpy(x, what: str) -> np.ndarray:
 # Classification
 # --------------------------------------------------------------------------------------
 
-def auroc(y_true, y_score, names: Sequence[str] | None = None) -> dict:
-    """Area under the ROC curve per column (finding), and their mean.
-
-    ``y_true`` holds 0/1 labels and ``y_score`` any scores (logits or
-    probabilities), both ``(N,)`` or ``(N, C)``. A column whose labels are all
-    one class has no AUROC; it is left out of the mean and listed under
-    ``"skipped"``. Column names default to ``FINDINGS`` (C = 10), ``PATHOLOGIES``
-    (C = 9) or ``"0", "1", ...``.
-
-    Returns ``{"macro": float, "per_finding": {name: float}, "skipped": [name]}``.
-    """
+def _auroc_inputs(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and scores as checked (N, C) float64 arrays (a 1-D pair is one column)."""
     y = _to_numpy(y_true, "y_true").astype(np.float64)
     s = _to_numpy(y_score, "y_score").astype(np.float64)
     if y.ndim == 1 and s.ndim == 1:
@@ -62,6 +59,113 @@ def auroc(y_true, y_score, names: Sequence[str] | None = None) -> dict:
         raise ValueError("y_true must hold only 0 and 1; map uncertain (-1) or missing (NaN) labels first")
     if not np.isfinite(s).all():
         raise ValueError("y_score holds NaN or infinite values; check the model's outputs")
+    return y, s
+
+
+def _auroc_weights(weights, n: int) -> np.ndarray:
+    w = _to_numpy(weights, "weights").astype(np.float64, copy=False)
+    w = w[None, :] if w.ndim == 1 else w
+    if w.ndim != 2 or w.shape[1] != n:
+        raise ValueError(f"weights must be (N,) or (B, N) with N = {n} rows, got shape {tuple(w.shape)}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("weights must be finite and non-negative (how often each row was drawn)")
+    return w
+
+
+def _column_auroc(y: np.ndarray, s: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """AUROC of each column of checked (N, C) arrays: (C,) with ``w`` None, else (B, C) for (B, N) weights.
+    NaN where a column has no positive or no negative (of positive weight)."""
+    if w is None:   # one AUROC per column: scikit-learn
+        return np.array([roc_auc_score(y[:, j], s[:, j]) if 0 < y[:, j].sum() < len(y) else np.nan
+                         for j in range(y.shape[1])], dtype=np.float64)
+    # Every weighting at once: the weighted Mann-Whitney statistic (pairs weighted by the product
+    # of their weights, ties counted half), which is roc_auc_score(..., sample_weight=w) row by row.
+    out = np.empty((w.shape[0], y.shape[1]))
+    for j in range(y.shape[1]):
+        order = np.argsort(s[:, j], kind="stable")
+        sj, positive = s[order, j], y[order, j] > 0.5
+        group = np.cumsum(np.r_[True, sj[1:] != sj[:-1]])           # tie group of each sorted row
+        pos_group, neg_group = group[positive], group[~positive]
+        neg_cum = np.concatenate([np.zeros((len(w), 1)), np.cumsum(w[:, order[~positive]], axis=1)], axis=1)
+        below = neg_cum[:, np.searchsorted(neg_group, pos_group, side="left")]    # negative weight below
+        upto = neg_cum[:, np.searchsorted(neg_group, pos_group, side="right")]    # ... below or tied
+        pos_w = w[:, order[positive]]
+        num = 0.5 * (pos_w * (below + upto)).sum(1)                  # below + tied / 2
+        den = pos_w.sum(1) * neg_cum[:, -1]
+        out[:, j] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return out
+
+
+def weighted_auroc(labels, scores, weights=None) -> np.ndarray:
+    """AUROC of each column (finding), optionally under row weights: the one AUROC of the library.
+
+    Args:
+        labels, scores: (N,) or (N, C); 0/1 labels and any scores (logits or probabilities).
+        weights: None, (N,) or (B, N) non-negative row weights. A bootstrap resample is a row of
+            weights (how many times each row was drawn; :func:`patient_bootstrap_weights`), so
+            ``(B, N)`` weights give the AUROC of B resamples in one call.
+
+    Returns (C,) for None or (N,) weights, (B, C) for (B, N) weights. Without weights every
+    value is ``sklearn.metrics.roc_auc_score`` of its column; with weights it is the weighted
+    Mann-Whitney statistic (the probability that a positive outscores a negative, each pair
+    counted with the product of their weights, ties half), which equals ``roc_auc_score`` with
+    ``sample_weight`` and, for integer weights, the AUROC of the rows repeated that many times.
+
+    **One class.** A column with no positive or no negative (of positive weight, under weights)
+    has no AUROC: its value is NaN. :func:`auroc` lists such findings as ``"skipped"`` and
+    :func:`macro_auroc` leaves them out of the mean; that is the convention everywhere in the
+    library (lesson tables, fairness subgroups, the capstone).
+    """
+    y, s = _auroc_inputs(labels, scores)
+    if weights is None:
+        return _column_auroc(y, s, None)
+    w = _auroc_weights(weights, len(y))
+    out = _column_auroc(y, s, w)
+    return out[0] if np.ndim(weights) == 1 else out
+
+
+def macro_auroc(labels, scores, weights=None, min_positives: int = 1):
+    """Mean AUROC over the findings that have both classes: a float, or one per row of weights.
+
+    A finding counts when the (unweighted) labels hold at least ``min_positives`` positives and
+    at least one negative; the others are left out (see :func:`weighted_auroc` on one class). With
+    (B, N) ``weights`` (bootstrap resamples) it returns a (B,) array: in each resample the mean
+    over the counted findings still defined there, NaN where none is (an undefined resample,
+    which :func:`interval` drops). Raises ValueError when no finding counts at all.
+
+    ``macro_auroc(y, s)`` equals ``auroc(y, s)["macro"]`` (with the default ``min_positives``).
+    """
+    y, s = _auroc_inputs(labels, scores)
+    if isinstance(min_positives, bool) or not isinstance(min_positives, (int, np.integer)) or min_positives < 1:
+        raise ValueError(f"min_positives must be a positive int, got {min_positives!r}")
+    positives = y.sum(0)
+    keep = (positives >= min_positives) & (positives < len(y))
+    if not keep.any():
+        raise ValueError(f"AUROC is undefined here: no column of y_true holds both classes (with at least "
+                         f"{min_positives} positive(s)) in its {len(y)} rows; evaluate on more examples")
+    w = None if weights is None else _auroc_weights(weights, len(y))
+    per = _column_auroc(y[:, keep], s[:, keep], w)
+    if per.ndim == 1:
+        return float(per.mean())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # a resample where no finding is defined: NaN
+        values = np.nanmean(per, axis=1)
+    return float(values[0]) if np.ndim(weights) == 1 else values
+
+
+def auroc(y_true, y_score, names: Sequence[str] | None = None) -> dict:
+    """Area under the ROC curve per column (finding), and their mean.
+
+    ``y_true`` holds 0/1 labels and ``y_score`` any scores (logits or
+    probabilities), both ``(N,)`` or ``(N, C)``. A column whose labels are all
+    one class has no AUROC; it is left out of the mean and listed under
+    ``"skipped"`` (the library's convention, see :func:`weighted_auroc`). Column
+    names default to ``FINDINGS`` (C = 10), ``PATHOLOGIES`` (C = 9) or ``"0", "1", ...``.
+    Each value is ``sklearn.metrics.roc_auc_score`` of its column.
+
+    Returns ``{"macro": float, "per_finding": {name: float}, "skipped": [name]}``.
+    """
+    y, s = _auroc_inputs(y_true, y_score)
     n_cols = y.shape[1]
     if names is None:
         names = FINDINGS if n_cols == len(FINDINGS) else PATHOLOGIES if n_cols == len(PATHOLOGIES) else \
@@ -69,12 +173,9 @@ def auroc(y_true, y_score, names: Sequence[str] | None = None) -> dict:
     names = list(names)
     if len(names) != n_cols:
         raise ValueError(f"names has {len(names)} entries but the labels have {n_cols} columns")
-    per_finding, skipped = {}, []
-    for j, name in enumerate(names):
-        if y[:, j].min() == y[:, j].max():
-            skipped.append(name)
-        else:
-            per_finding[name] = float(roc_auc_score(y[:, j], s[:, j]))
+    per = _column_auroc(y, s, None)
+    per_finding = {name: float(v) for name, v in zip(names, per) if not np.isnan(v)}
+    skipped = [name for name, v in zip(names, per) if np.isnan(v)]
     if not per_finding:
         raise ValueError(f"AUROC is undefined here: every column of y_true holds a single class "
                          f"({len(y)} rows); evaluate on more examples")
@@ -453,3 +554,39 @@ def bootstrap_ci(metric_fn: Callable, *arrays, n_boot: int = 1000, alpha: float 
                       f"the interval rests on the other {len(stats)}", RuntimeWarning, stacklevel=2)
     low, high = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return point, float(low), float(high)
+
+
+def patient_bootstrap_weights(patient_ids, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n_boot, N) row weights of a patient-level bootstrap: the one resampler of the library.
+
+    Each resample draws as many patients as there are, with replacement, and every row (study)
+    of a patient drawn k times gets weight k, so a patient's studies always come together. The
+    draw is one ``(n_boot, n_patients)`` matrix of patient indices from
+    ``np.random.default_rng(seed)``: the same ``patient_ids`` and ``seed`` give the same resamples
+    (score several models or groups on them to pair a comparison). Pass ``np.arange(N)`` (every
+    row its own patient) for a plain row bootstrap: its resamples are the ones
+    :func:`bootstrap_ci` draws with the same ``seed``. Feed the weights to
+    :func:`weighted_auroc` / :func:`macro_auroc` and summarise with :func:`interval`.
+    """
+    pid = _to_numpy(patient_ids, "patient_ids")
+    if pid.ndim != 1 or len(pid) < 1:
+        raise ValueError(f"patient_ids must be a 1-D array with one id per row, got shape {pid.shape}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive int, got {n_boot!r}")
+    _, patient_of_row = np.unique(pid, return_inverse=True)
+    patient_of_row = patient_of_row.reshape(-1)
+    n_patients = int(patient_of_row.max()) + 1
+    drawn = np.random.default_rng(seed).integers(0, n_patients, size=(int(n_boot), n_patients))
+    flat = (drawn + n_patients * np.arange(int(n_boot))[:, None]).ravel()
+    counts = np.bincount(flat, minlength=int(n_boot) * n_patients).reshape(int(n_boot), n_patients)
+    return counts[:, patient_of_row].astype(np.float64)
+
+
+def interval(boot, alpha: float = 0.05) -> tuple[float, float]:
+    """The percentile interval ``(low, high)`` of bootstrap values; NaNs (undefined resamples) are
+    dropped, and an all-NaN input gives ``(nan, nan)``."""
+    boot = np.asarray(boot, np.float64)
+    boot = boot[np.isfinite(boot)]
+    if not len(boot):
+        return float("nan"), float("nan")
+    return float(np.quantile(boot, alpha / 2)), float(np.quantile(boot, 1 - alpha / 2))
