@@ -24,9 +24,10 @@ import torch
 import medmm_lite
 from medmm_lite import data as D
 from medmm_lite.data.augment import light_augment
+from medmm_lite.data.samplers import SameGroupBatches
 from medmm_lite.eval import hallucinations, report_metrics
 from medmm_lite.pretrain import caption as C
-from medmm_lite.pretrain.clip import SameGroupBatches, pretrain_clip, recalibrate_batchnorm
+from medmm_lite.pretrain.clip import pretrain_clip, recalibrate_batchnorm
 from medmm_lite.pretrain.m3ae import derangement
 from medmm_lite.train import fit
 

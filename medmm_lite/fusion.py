@@ -28,6 +28,7 @@ from torch import nn
 
 from .data.findings import LAB_NAMES
 from .data.tensors import TensorDictDataset
+from .hub import load_or_train
 from .train import fit
 
 MODALITIES = ("image", "labs")
@@ -170,8 +171,6 @@ def train_fusion(image_features, labs, labels, *, use=MODALITIES, modality_dropo
                    progress=progress, desc=f"fusion {name}", rng=generator)
 
     if cache_key is not None:
-        from .hub import load_or_train
-
         key = {**cache_key, "use": list(use), "modality_dropout": float(modality_dropout), "steps": steps,
                "batch_size": batch_size, "lr": lr, "hidden": hidden, "seed": seed, "n": len(y)}
         model, info = load_or_train("fusion", train, build_fn=build, key=key, device=device)

@@ -47,6 +47,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -154,6 +155,29 @@ def code_version(modules=None) -> str:
             continue
         h.update(module.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- what a key holds
+def data_fingerprint(data) -> str:
+    """A short hash of what a pretraining run sees: training indices, their reports, their pixels.
+
+    Part of every cache key, so a model trained on one cohort (or dataset, or split) is never
+    served for another. Hashes a strided sample of the pixels to stay fast.
+    """
+    train = np.asarray(data.splits["train"], dtype=np.int64)
+    h = hashlib.sha256(train.tobytes())
+    h.update("\x00".join(data.cohort.reports[i] for i in train).encode())
+    pixels = data.cohort.images[torch.from_numpy(train)]
+    h.update(pixels.flatten()[:: max(1, pixels.numel() // 100_000)].contiguous().numpy().tobytes())
+    h.update(data.input_ids[torch.from_numpy(train)].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def profile_key(P) -> dict:
+    """The profile sizes that shape a pretrained model."""
+    return {"profile": P.name, "image_size": P.image_size, "patch_size": P.patch_size, "dim": P.dim,
+            "depth": P.depth, "heads": P.heads, "max_text_len": P.max_text_len, "vit_stem": P.vit_stem,
+            "vit_pool": P.vit_pool}
 
 
 def cache_key(name: str, key=None, modules=None) -> str:
@@ -373,4 +397,4 @@ def _save(model: nn.Module, name: str, digest: str, folder: Path, info_json: dic
     return str(weights)
 
 
-__all__ = ["load_or_train", "cache_key", "code_version", "source_modules"]
+__all__ = ["load_or_train", "cache_key", "code_version", "source_modules", "data_fingerprint", "profile_key"]

@@ -14,7 +14,8 @@ FINDING_COLOURS = {
 }
 
 
-def _as_numpy_image(image) -> np.ndarray:
+def as_numpy_image(image) -> np.ndarray:
+    """A (H, W) or (1, H, W) tensor or array as a (H, W) NumPy array for ``imshow``."""
     array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
     return array[0] if array.ndim == 3 else array
 
@@ -41,7 +42,7 @@ def show_images(images, titles=None, boxes=None, ncols: int = 8, size: float = 1
         ax.axis("off")
         if i >= n:
             continue
-        img = _as_numpy_image(images[i])
+        img = as_numpy_image(images[i])
         ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
         if boxes is not None:
             draw_boxes(ax, boxes[i], img.shape[-1])

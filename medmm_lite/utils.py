@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 
 def seed_everything(seed: int) -> None:
@@ -48,7 +49,8 @@ def cache_dir(kind: str = "") -> Path:
 # ----------------------------------------------------------------------------------------------
 
 STALE_SECONDS = 3600          # a temporary file of another machine (or an older version) this old is dead
-_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
+# this machine, as temporary files name it (beside the process id), so a later run can tell whose they are
+HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
 
 
 class NoSpaceLeftError(OSError):
@@ -89,7 +91,7 @@ def _temporary_file(path: Path) -> str:
     """An empty ``NAME.HOST-PID.RANDOM.tmp`` beside ``path``, readable as an ordinary new file
     would be (0644 with the usual umask 022; ``mkstemp`` alone makes it 0600, so a cache built
     for a workshop could not be read by another account)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{HOST}-{os.getpid()}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
     finally:
@@ -97,7 +99,8 @@ def _temporary_file(path: Path) -> str:
     return tmp
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -123,8 +126,8 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         if m is None:
             continue
         try:
-            if m.group("pid") is not None and m.group("host") == _HOST:
-                stale = int(m.group("pid")) != os.getpid() and not _pid_alive(int(m.group("pid")))
+            if m.group("pid") is not None and m.group("host") == HOST:
+                stale = int(m.group("pid")) != os.getpid() and not pid_alive(int(m.group("pid")))
             else:
                 stale = time.time() - candidate.stat().st_mtime > STALE_SECONDS
             if stale:
@@ -211,8 +214,6 @@ def file_lock(path: str | os.PathLike, doing: str, log=None):
     to wait. Where the lock file cannot be created (a read-only cache shared by a workshop),
     the block runs without a lock: nothing can be written there anyway.
     """
-    from filelock import FileLock, Timeout
-
     path = Path(path)
     lock = None
     try:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .plotting import _as_numpy_image
+from .plotting import as_numpy_image
 
 
 def live_frontend() -> bool:
@@ -86,7 +86,7 @@ def _image_row(images, titles, ncols: int = 6, size: float = 1.5):
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles):
-        ax.imshow(_as_numpy_image(image), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(as_numpy_image(image), cmap="gray", vmin=0, vmax=1)
         ax.set_title(title, fontsize=7)
     fig.tight_layout()
     return fig
@@ -126,7 +126,7 @@ def retrieval_browser(image_embeddings, text_embeddings, images, texts, *, k: in
 
     if not _interactive(interactive):
         fig, axes = plt.subplots(1, 2, figsize=(9, 2.6), gridspec_kw={"width_ratios": [1, 3]})
-        axes[0].imshow(_as_numpy_image(images[start]), cmap="gray", vmin=0, vmax=1)
+        axes[0].imshow(as_numpy_image(images[start]), cmap="gray", vmin=0, vmax=1)
         axes[0].set_title(f"query image {start}", fontsize=8)
         lines = [f"{rank}. [{s:+.2f}]{' (its own)' if i == start else ''} {t[:110]}"
                  for rank, (i, s, t) in enumerate(image_to_text(start), 1)]
@@ -254,7 +254,7 @@ def attention_viewer(images, words, maps, *, start: int = 0, interactive=None, d
             raise ValueError(f"image {i}: {len(w)} words but {len(m)} attention maps")
 
     def overlay(ax, i, j):
-        image = _as_numpy_image(images[i])
+        image = as_numpy_image(images[i])
         heat = torch.as_tensor(maps[i][j], dtype=torch.float32)[None, None]
         heat = F.interpolate(heat, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0].numpy()
         ax.imshow(image, cmap="gray", vmin=0, vmax=1)
@@ -360,7 +360,7 @@ def chat_box(answer, images, *, questions=("Is there a pleural effusion?", "Desc
         for q in questions:
             history.append((q, answer(start, q, list(history))))
         fig, axes = plt.subplots(1, 2, figsize=(9, 2.6), gridspec_kw={"width_ratios": [1, 3]})
-        axes[0].imshow(_as_numpy_image(images[start]), cmap="gray", vmin=0, vmax=1)
+        axes[0].imshow(as_numpy_image(images[start]), cmap="gray", vmin=0, vmax=1)
         axes[0].set_title(f"study {start}", fontsize=8)
         axes[1].text(0, 1, "\n".join(f"USER: {q}\nASSISTANT: {a[:150]}" for q, a in history), va="top",
                      fontsize=7, wrap=True)

@@ -114,7 +114,7 @@ def format_table(title: str, scores: dict[str, dict]) -> str:
 
 def _mentions_to_classify(texts: list[str]) -> list[dict]:
     """Every English sentence of every text, with the course's mention spans in it."""
-    from medmm_lite.eval.labeler import _candidates, _english_sentences
+    from medmm_lite.data.labeler import _candidates, _english_sentences
     return [{"text": i, "sentence": s, "spans": [list(c) for c in _candidates(s)]}
             for i, text in enumerate(texts) for s in _english_sentences(text)]
 
@@ -143,7 +143,7 @@ def _label_with(decisions: list[list[str]], items: list[dict], n_texts: int) -> 
 
 def _library_label(s: str, start: int, end: int, kind: str, status: str) -> int | None:
     """The label of one mention given a library's status, or None when the mention says nothing."""
-    from medmm_lite.eval.labeler import _find_cues
+    from medmm_lite.data.labeler import _find_cues
     if status == "negated":
         return 0
     if status == "uncertain" or kind == "hedged":

@@ -357,8 +357,9 @@ def test_english_sentences_of_a_mixed_report_are_read():
 
 
 def test_docstrings_say_the_labeler_reads_english():
+    import medmm_lite.data.labeler as engine
     import medmm_lite.eval.labeler as labeler
-    assert "English" in labeler.__doc__ and "English" in label_report.__doc__
+    assert "English" in labeler.__doc__ and "English" in engine.__doc__ and "English" in label_report.__doc__
 
 
 def _long_report(n_chars: int, seed: int = 0) -> str:
@@ -380,7 +381,7 @@ def _long_report(n_chars: int, seed: int = 0) -> str:
 def test_labelling_time_is_linear_in_report_length():
     """Issue 22: 100,000 characters without a full stop took 79 s; now well under a second."""
     import time
-    from medmm_lite.eval.labeler import _sentence_mentions
+    from medmm_lite.data.labeler import _sentence_mentions
     timings = {}
     for n in (25_000, 100_000):
         report = _long_report(n, seed=n)

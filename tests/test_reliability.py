@@ -153,11 +153,11 @@ def test_no_subject_crosses_splits_ixi(tmp_path):
 
 def test_atomic_directory_never_removes_a_live_runs_folder(tmp_path):
     """Before: every .NAME.tmp-* folder was deleted, a live run's too (half a dataset published)."""
-    from medmm_lite.utils import _HOST
+    from medmm_lite.utils import HOST
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        live = tmp_path / f".iu_xray.tmp-{_HOST}-{sleeper.pid}-abcd1234"
+        live = tmp_path / f".iu_xray.tmp-{HOST}-{sleeper.pid}-abcd1234"
         (live / "ecgen-radiology").mkdir(parents=True)
         with common.atomic_directory(tmp_path / "iu_xray") as tmp:
             (tmp / "MANIFEST.json").write_text("{}")
@@ -299,17 +299,17 @@ def test_a_checkpoint_save_on_a_full_disk_says_no_space_left(tmp_path, monkeypat
 
 
 def test_stale_tmp_files_of_a_killed_save_are_removed_at_the_next_save(tmp_path):
-    from medmm_lite.utils import _HOST, atomic_save
+    from medmm_lite.utils import HOST, atomic_save
 
     target = tmp_path / "clip.pt"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    killed = tmp_path / f"clip.pt.{_HOST}-{int(dead.stdout)}.k1ll3d00.tmp"       # its process is gone
+    killed = tmp_path / f"clip.pt.{HOST}-{int(dead.stdout)}.k1ll3d00.tmp"       # its process is gone
     old = tmp_path / "clip.pt.a1b2c3d4.tmp"                                       # an older version's, hours old
     other = tmp_path / "other.pt.a1b2c3d4.tmp"                                    # another file's: not ours
     for path in (killed, old, other):
         path.write_bytes(b"half a checkpoint")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
-    live = tmp_path / f"clip.pt.{_HOST}-{os.getppid()}.l1ve0000.tmp"             # a live process's
+    live = tmp_path / f"clip.pt.{HOST}-{os.getppid()}.l1ve0000.tmp"             # a live process's
     live.write_bytes(b"being written")
     atomic_save(lambda tmp: torch.save({"w": torch.ones(2)}, tmp), target)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["clip.pt", other.name, live.name])

@@ -31,7 +31,7 @@ class LoRALinear(nn.Module):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
-        _check_rank_alpha(rank, alpha)
+        check_rank_alpha(rank, alpha)
         self.base = base.requires_grad_(False)
         self.rank, self.alpha = int(rank), float(alpha)
         self.scaling = self.alpha / self.rank
@@ -71,7 +71,8 @@ class LoRALinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha:g}"
 
 
-def _check_rank_alpha(rank, alpha) -> None:
+def check_rank_alpha(rank, alpha) -> None:
+    """Raise a ValueError unless ``rank`` is a positive int and ``alpha`` a positive number."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
         raise ValueError(f"rank must be a positive int (typically 4 to 16), got {rank!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
@@ -102,7 +103,7 @@ def apply_lora(module: nn.Module, rank: int, alpha: float, targets=None) -> nn.M
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"apply_lora needs an nn.Module, got {type(module).__name__}")
-    _check_rank_alpha(rank, alpha)
+    check_rank_alpha(rank, alpha)
     if targets is not None:
         targets = [targets] if isinstance(targets, str) else list(targets)
         if not targets or not all(isinstance(t, str) and t for t in targets):

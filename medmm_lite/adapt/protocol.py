@@ -19,10 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backbones import image_encoder
 from ..data.augment import light_augment
 from ..data.findings import FINDINGS, PATHOLOGIES
 from ..data.tensors import TensorDictDataset
 from ..eval import auroc
+from ..hub import load_or_train
 from ..train import fit
 from .probe import extract_features, linear_probe
 
@@ -132,8 +134,6 @@ def supervised_curve(build_encoder, cohort, splits, *, fractions=LABEL_FRACTIONS
     With ``cache_key`` (profile, seed, sizes...), each trained model is cached by
     ``load_or_train``, so a later lesson gets the baseline without retraining.
     """
-    from ..hub import load_or_train
-
     train_idx, test_idx = splits["train"], splits["test"]
     labels = cohort.labels[:, PATHOLOGY_COLUMNS]
     curve = {}
@@ -184,8 +184,6 @@ def supervised_baseline(P, data, *, seed: int = 0, dataset: str = "synthcxr", fr
     Cached under one key (profile, cohort, seed), so every lesson that compares with it
     reuses lesson 01's models instead of training them again.
     """
-    from ..backbones import image_encoder
-
     cohort = data.cohort
     steps, batch_size = supervised_budget(P)
     key = {"profile": P.name, "dataset": dataset, "n_studies": len(cohort), "image_size": P.image_size,

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.findings import PATHOLOGIES
+from ..eval.labeler import label_report
 
 # Phrasings in the style of the reports the model was trained on.
 FINDING_PROMPTS = {
@@ -95,8 +96,6 @@ def report_prompt_embeddings(encode_text, texts, reports, findings=PATHOLOGIES, 
     :func:`~medmm_lite.eval.labeler.label_report`) maps a report to ``{finding: 1, 0 or -1}``;
     uncertain mentions count as not positive.
     """
-    from ..eval.labeler import label_report
-
     labeler = labeler or label_report
     texts, reports = list(texts), list(reports)
     if len(texts) != len(reports) or not texts:

@@ -7,8 +7,11 @@ labels, boxes, patients, sites and labs) and registered MRI phantoms.
 
 Modules: ``findings`` (the label names), ``clinical`` (who has what), ``synthcxr``
 (drawing it), ``reports`` (writing it up), ``cohort`` (putting it together,
-caching, splitting, torch Dataset), ``mri`` (brain phantoms), ``cache``.
+caching, splitting, torch Dataset), ``mri`` (brain phantoms), ``cache``, ``samplers``
+(batches drawn from one group), ``labeler`` (the course's report labeler: reports -> labels).
 """
+import importlib
+
 from .clinical import DEFAULT_PREVALENCE, SITE_NAMES
 from .cohort import GENERATOR_VERSION, Cohort, CohortDataset, generate_cohort, patient_split
 from .findings import FINDING_INDEX, FINDINGS, LAB_NAMES, PATHOLOGIES
@@ -25,8 +28,6 @@ _LAZY = {"train_tokenizer": ".tokenizer", "encode_reports": ".tokenizer", "encod
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -16,7 +16,11 @@ message that says what to run and names the synthetic default. See ``medmm_lite.
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+
+from .cohort import generate_cohort
+from .real import chestmnist, iu_xray, ixi, vqa_rad
 
 REAL_DATASETS = {
     "iu_xray": "IU X-ray / Open-I chest radiographs with reports",
@@ -39,8 +43,6 @@ def load_dataset(name: str = "synthcxr", root: str | Path | None = None, *, imag
     ``slices="all"`` for IXI); an unknown knob is an error, not silently ignored.
     """
     if name == "synthcxr":
-        from .cohort import generate_cohort
-
         if root is not None:
             raise ValueError("synthcxr is generated, not read from disk: leave root=None")
         n = DEFAULT_SYNTH_STUDIES if n_studies is None else n_studies
@@ -49,8 +51,6 @@ def load_dataset(name: str = "synthcxr", root: str | Path | None = None, *, imag
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS} (the default, 'synthcxr', "
                          "needs no download)")
     loader = _real_loader(name)
-    import inspect
-
     accepted = [p for p in inspect.signature(loader).parameters if p != "root"]
     unknown = sorted(set(knobs) - set(accepted))
     if unknown:
@@ -60,7 +60,5 @@ def load_dataset(name: str = "synthcxr", root: str | Path | None = None, *, imag
 
 
 def _real_loader(name: str):
-    from .real import chestmnist, iu_xray, ixi, vqa_rad
-
     return {"iu_xray": iu_xray.load_iu_xray, "chestmnist": chestmnist.load_chestmnist,
             "vqa_rad": vqa_rad.load_vqa_rad, "ixi": ixi.load_ixi}[name]

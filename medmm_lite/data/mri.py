@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import cache as _cache
-from .synthcxr import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, _soft
+from .synthcxr import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, soft
 
 MRI_GENERATOR_VERSION = 1
 MAX_PHANTOMS = 200_000
@@ -154,11 +154,11 @@ def _render_chunk(P: dict, size: int, rng) -> dict:
         gyri += np.cos(c(P["gyri_k"][:, k]) * (k + 1) * 0.6 * theta + c(P["gyri_phase"][:, k]))
     gyri /= 3.0                                                   # roughly in [-1, 1]
     atrophy = c(P["atrophy"])
-    head = _soft(rho - 1.0, px)
-    inner_table = _soft(rho - 0.92, px)                           # inside the skull
-    dura = _soft(rho - 0.85, px)                                  # inside the CSF space
-    brain = _soft(rho - (0.81 - 0.03 * atrophy + 0.025 * gyri), px)          # grey matter surface (sulci)
-    wm = _soft(rho - (0.62 - 0.02 * atrophy + 0.07 * gyri), px)              # white matter (gyral cores)
+    head = soft(rho - 1.0, px)
+    inner_table = soft(rho - 0.92, px)                           # inside the skull
+    dura = soft(rho - 0.85, px)                                  # inside the CSF space
+    brain = soft(rho - (0.81 - 0.03 * atrophy + 0.025 * gyri), px)          # grey matter surface (sulci)
+    wm = soft(rho - (0.62 - 0.02 * atrophy + 0.07 * gyri), px)              # white matter (gyral cores)
     # lateral ventricles: two tilted ellipses beside the midline, larger with atrophy
     vent = np.zeros_like(rho)
     for s in (-1.0, 1.0):
@@ -167,7 +167,7 @@ def _render_chunk(P: dict, size: int, rng) -> dict:
         ang = s * 0.35
         ex, ey = vx * np.cos(ang) + vy * np.sin(ang), vy * np.cos(ang) - vx * np.sin(ang)
         d = ((ex / a) ** 2 + (ey / b) ** 2 - 1.0) * 0.5 * a
-        vent = np.maximum(vent, _soft(d, px))
+        vent = np.maximum(vent, soft(d, px))
     lesion = np.zeros_like(rho)
     for k in range(MAX_LESIONS):
         on = c(P["n_lesions"] > k)
@@ -175,7 +175,7 @@ def _render_chunk(P: dict, size: int, rng) -> dict:
         ly = c(P["les_rho"][:, k] * np.sin(P["les_angle"][:, k]))
         r, e = c(P["les_r"][:, k]), c(P["les_elong"][:, k])
         d = np.sqrt(((X - lx) / e) ** 2 + (Y - ly) ** 2) - r
-        lesion = np.maximum(lesion, _soft(d, px) * on)
+        lesion = np.maximum(lesion, soft(d, px) * on)
 
     f_fat = head - inner_table
     f_bone = inner_table - dura

@@ -8,7 +8,9 @@ import numpy as np
 import torch
 
 from ..profiles import Profile
+from .cohort import patient_split
 from .datasets import load_dataset
+from .real.chestmnist import official_split
 from .tokenizer import encode_for_decoder, encode_reports, train_tokenizer
 
 # Real datasets that publish their own patient-level split, and where it lives.
@@ -37,8 +39,6 @@ def dataset_split(cohort, dataset: str = "synthcxr", seed: int = 0) -> dict:
     :func:`~medmm_lite.data.patient_split` over its patient ids (SynthCXR's patients; IU X-ray's
     reports, one per patient as distributed)."""
     if dataset == "chestmnist":
-        from .real.chestmnist import official_split
-
         splits = official_split(cohort)
         empty = [name for name, idx in splits.items() if len(idx) == 0]
         if empty:
@@ -46,8 +46,6 @@ def dataset_split(cohort, dataset: str = "synthcxr", seed: int = 0) -> dict:
                              "so the patient-level split cannot be used: load all three splits "
                              "(splits=('train', 'val', 'test')) and enough studies (n_studies) that each has some")
         return splits
-    from .cohort import patient_split
-
     return patient_split(cohort, seed=seed)
 
 

@@ -6,8 +6,8 @@ template). So each of five radiologists has a style: terse or verbose, lists
 of negations ("No pleural effusion or pneumothorax.") or one per sentence,
 lobes or zones, a favourite hedge and favourite synonyms.
 
-The grammar keeps three promises, which the labeler (medmm_lite.eval) and the
-tests rely on:
+The grammar keeps three promises, which the labeler (medmm_lite.data.labeler, read through
+medmm_lite.eval) and the tests rely on:
 
 1. every present finding is stated, positively or with an uncertainty cue
    ("possible", "cannot exclude", "may represent", "likely") when it is faint;

@@ -79,10 +79,10 @@ METAL = 0.55
 
 # --------------------------------------------------------------------------------------------
 # shapes: each returns an approximate signed distance (negative inside) so edges can be
-# anti-aliased to one pixel with `_soft`, which matters at 32 px.
+# anti-aliased to one pixel with `soft`, which matters at 32 px.
 # --------------------------------------------------------------------------------------------
 
-def _soft(d, px):
+def soft(d, px):
     """Inside-ness in [0, 1] from a signed distance: a one-pixel ramp across the edge."""
     return np.clip(0.5 - d / px, 0.0, 1.0)
 
@@ -392,7 +392,7 @@ def _lung_masks(ch: _Chunk):
         c, a = ch.col("lung_c", s), ch.col("lung_a", s)
         d = lung_distance(ch.u, ch.v, c, ch.col("lung_cv", s), a, ch.col("lung_b", s))
         dome = dome_v(ch.u, c, a, ch.col("dome_base", s), ch.col("dome_h"))
-        masks.append(_soft(d, ch.px) * _soft(ch.v - dome, ch.px))
+        masks.append(soft(d, ch.px) * soft(ch.v - dome, ch.px))
     return masks
 
 
@@ -404,7 +404,7 @@ def _one_lung(ch, idx, side):
     cv, b = _col(ch.A["lung_cv"][rows, side]), _col(ch.A["lung_b"][rows, side])
     base, h = _col(ch.A["dome_base"][rows, side]), _col(ch.A["dome_h"][rows])
     d = lung_distance(u, v, c, cv, a, b)
-    return _soft(d, px) * _soft(v - dome_v(u, c, a, base, h), px), (c, cv, a, b)
+    return soft(d, px) * soft(v - dome_v(u, c, a, base, h), px), (c, cv, a, b)
 
 
 def _sides_of(side_codes):
@@ -478,23 +478,23 @@ def _draw_anatomy(ch: _Chunk, L: _Layers):
     tu, tv = np.square(u / body_w), np.square((v - 0.17) / 0.64)
     torso = (tu * tu + tv * tv - 1.0) * (0.25 * body_w)            # a rounded rectangle (superellipse)
     neck = np.maximum(np.abs(u) - 0.1, -0.3 - v)
-    L.body = _soft(np.minimum(torso, neck), px)
+    L.body = soft(np.minimum(torso, neck), px)
     L.D = L.body * (ch.col("tissue") + 0.08 * np.clip(1.0 - (u / 0.5) ** 2, 0.0, 1.0))
 
     right, left = _lung_masks(ch)
     L.dome_lowest = np.maximum(ch.col("dome_base", 0), ch.col("dome_base", 1))
     med_half = 0.045 + 0.025 * np.clip((v + 0.2) / 0.3, 0.0, 1.0)
-    mediastinum = _soft(np.abs(u - 0.005) - med_half, px) * _soft(v - L.dome_lowest, px) * L.body
-    L.heart = _soft(_ellipse_distance(u, v, ch.col("heart_u"), ch.col("heart_v"), ch.col("heart_a"),
+    mediastinum = soft(np.abs(u - 0.005) - med_half, px) * soft(v - L.dome_lowest, px) * L.body
+    L.heart = soft(_ellipse_distance(u, v, ch.col("heart_u"), ch.col("heart_v"), ch.col("heart_a"),
                                       ch.col("heart_b")), px) * L.body
     L.not_central = (1.0 - L.heart) * (1.0 - mediastinum)      # lung is only where these are not
     L.lung = (right + left) * L.not_central
     L.D += 0.08 * mediastinum + 0.11 * L.heart
-    spine = _soft(np.abs(u) - 0.035, px) * L.body
+    spine = soft(np.abs(u) - 0.035, px) * L.body
     rows = ((np.arange(H, dtype=np.float32) + 0.5) / H).reshape(1, H, 1) - ch.col("cy")
     vertebrae = 1.0 + 0.4 * (np.cos(rows / ch.col("scale") * (2 * np.pi / 0.06)) > 0.3)   # per row: cheap
     L.D += 0.05 * spine * vertebrae
-    trachea = _soft(np.abs(u) - 0.02, px) * _soft(v + 0.11, px) * L.body          # the air column
+    trachea = soft(np.abs(u) - 0.02, px) * soft(v + 0.11, px) * L.body          # the air column
     L.D -= 0.2 * trachea
     _draw_normal_variants(ch, L)
 
@@ -510,7 +510,7 @@ def _draw_normal_variants(ch: _Chunk, L: _Layers):
             cu = sign * _col(A["nipple_u"][idx])
             cv = _col(A["dome_base"][idx, s] - A["nipple_dv"][idx])
             d = np.sqrt((u[idx] - cu) ** 2 + (v[idx] - cv) ** 2) - _col(A["nipple_r"][idx])
-            shadow = np.maximum(shadow, _soft(d, 1.5 * px[idx]) * show)
+            shadow = np.maximum(shadow, soft(d, 1.5 * px[idx]) * show)
         L.D[idx] += _col(A["nipple_density"][idx]) * shadow
     idx = np.nonzero(A["breast"] > 0)[0]
     if len(idx):
@@ -521,7 +521,7 @@ def _draw_normal_variants(ch: _Chunk, L: _Layers):
             cv = _col(A["dome_base"][idx, s]) - 0.1
             d = np.sqrt((u[idx] - sign * 0.24) ** 2 + (v[idx] - cv) ** 2) - r
             fade = np.clip((v[idx] - (cv - r)) / (1.4 * r), 0.0, 1.0)
-            shadow = np.maximum(shadow, _soft(d, 1.5 * px[idx]) * fade)
+            shadow = np.maximum(shadow, soft(d, 1.5 * px[idx]) * fade)
         L.D[idx] += _col(A["breast"][idx]) * shadow * L.body[idx]
     idx = np.nonzero(A["skin_fold"] > 0)[0]
     if len(idx):
@@ -568,11 +568,11 @@ def _draw_pneumothorax(ch, idx, L):
     hu = c - _col(_lateral_sign(sides)) * 0.5 * a              # hilum: the medial part of the lung
     hv = cv + 0.05
     d_in = lung_distance(hu + (uu - hu) / f, hv + (vv - hv) / f, c, cv, a, b) * f   # the shrunken lung
-    collapsed = _soft(d_in, pp)
+    collapsed = soft(d_in, pp)
     sev = A["severity"][idx, c_p]
     cv1, b1 = cv[:, 0, 0], b[:, 0, 0]
     v_cut = np.where(sev == 0, cv1 - 0.45 * b1, np.where(sev == 1, cv1 + 0.2 * b1, 10.0))   # lowest reach
-    keep = _soft(vv - _col(v_cut), pp)
+    keep = soft(vv - _col(v_cut), pp)
     region = lung_s * (1.0 - collapsed) * keep
     line = lung_s * keep * np.clip(1.0 - np.abs(d_in) / (0.8 * pp), 0.0, 1.0)
     k = _col(np.clip(A["conspicuity"][idx, c_p], 0.0, 1.5))
@@ -608,7 +608,7 @@ def _draw_nodule(ch, idx, L):
     """Lung Lesion: a small round nodule, denser than the lung it replaces."""
     A, c_n = ch.A, F["Lung Lesion"]
     d = np.sqrt((ch.u[idx] - _col(A["nodule_u"][idx])) ** 2 + (ch.v[idx] - _col(A["nodule_v"][idx])) ** 2)
-    nodule = _soft(d - _col(A["nodule_r"][idx]), ch.px[idx])
+    nodule = soft(d - _col(A["nodule_r"][idx]), ch.px[idx])
     k = _col(np.clip(A["conspicuity"][idx, c_n], 0.0, 1.5))
     L.aeration[idx] *= 1.0 - np.clip(0.9 * k, 0, 1) * nodule
     L.added[idx] += 0.06 * k * nodule
@@ -627,7 +627,7 @@ def _draw_atelectasis(ch, idx, L):
     w0 = _col(np.array([0.008, 0.014, 0.012], np.float32)[sev])
     w1 = _col(np.array([0.008, 0.014, 0.05], np.float32)[sev])
     width = np.maximum(w0 + (w1 - w0) * t, 0.6 * ch.px[idx])          # at least ~1 px wide
-    band = _soft(d - width, ch.px[idx]) * L.lung[idx]
+    band = soft(d - width, ch.px[idx]) * L.lung[idx]
     k = _col(np.clip(0.9 * A["conspicuity"][idx, c_a], 0.0, 1.0))
     L.aeration[idx] *= 1.0 - k * band
     L.boxes[idx, c_a] = _mask_boxes(band, 0.25)
@@ -650,7 +650,7 @@ def _draw_edema(ch, idx, L):
         outer = np.clip((np.abs(uu - c) / a - 0.6) / 0.2, 0.0, 1.0) * (np.sign(uu - c) == outward)
         lateral = np.maximum(lateral, outer)
     kerley = ((np.cos(vv * (2 * np.pi / 0.03)) > 0.55) * lateral
-              * _soft(_col(A["lung_cv"][idx, 0]) + 0.1 - vv, ch.px[idx]) * _col(sev >= 1))
+              * soft(_col(A["lung_cv"][idx, 0]) + 0.1 - vv, ch.px[idx]) * _col(sev >= 1))
     lungs = L.lung[idx]
     conspicuity = _col(A["conspicuity"][idx, c_e])
     strength = _col(np.array([0.15, 0.26, 0.38], np.float32)[sev]) * conspicuity
@@ -693,23 +693,23 @@ def _draw_bones(ch: _Chunk, L: _Layers, fx):
         w_break = _col(A["fracture_w"][fx])
         fk = _col(np.clip(A["conspicuity"][fx, c_f], 0.0, 1.5))
         # the fragment lateral to the break is displaced, the displacement fading over a few mm
-        lateral_fragment = _soft(w_break - w[fx], px[fx]) * np.clip(1.0 - (w[fx] - w_break) / 0.05, 0.0, 1.0)
+        lateral_fragment = soft(w_break - w[fx], px[fx]) * np.clip(1.0 - (w[fx] - w_break) / 0.05, 0.0, 1.0)
         phase[fx] -= on_rib * lateral_fragment * _col(A["fracture_step"][fx]) * fk
     t = np.abs(phase - np.floor(phase) - 0.5)               # 0 on a rib's centre line, 0.5 between ribs
     rib = np.clip(0.5 + (0.17 - t) * spacing / px, 0.0, 1.0)
     lateral_edge = np.maximum(-(ch.col("lung_c", 0) - ch.col("lung_a", 0)), ch.col("lung_c", 1) + ch.col("lung_a", 1))
-    thorax = _soft(w - lateral_edge - 0.03, px) * _soft(0.025 - w, px) * (phase > 0)
-    below = _soft(v - L.dome_lowest, -px * 3)                 # ribs fade under the abdomen
+    thorax = soft(w - lateral_edge - 0.03, px) * soft(0.025 - w, px) * (phase > 0)
+    below = soft(v - L.dome_lowest, -px * 3)                 # ribs fade under the abdomen
     rib *= thorax * (1.0 - below) * L.body
     if len(fx):
         # the break: a gap across the rib, and a bright callus around it (bigger when healing)
-        gap = _soft(np.abs(w[fx] - w_break) - (0.014 + 0.5 * px[fx]) * fk, px[fx]) * on_rib
+        gap = soft(np.abs(w[fx] - w_break) - (0.014 + 0.5 * px[fx]) * fk, px[fx]) * on_rib
         rib[fx] *= 1.0 - gap
         healing = _col(A["fracture_healing"][fx].astype(np.float32))
         callus_d = np.sqrt((w[fx] - w_break) ** 2 / 4.0 + (t[fx] * spacing[fx]) ** 2)
-        callus = _soft(callus_d - (0.016 + 0.008 * healing), px[fx]) * on_rib
+        callus = soft(callus_d - (0.016 + 0.008 * healing), px[fx]) * on_rib
         L.D[fx] += (0.12 + 0.08 * healing) * fk * callus * L.body[fx]
-        near_break = on_rib * _soft(np.abs(w[fx] - w_break) - 0.05, px[fx])
+        near_break = on_rib * soft(np.abs(w[fx] - w_break) - 0.05, px[fx])
         L.boxes[fx, c_f] = _mask_boxes(np.maximum(near_break * (rib[fx] + gap), callus), 0.2)
     L.D += ch.col("rib_density") * rib
     top = int(np.ceil(0.45 * ch.H))                 # clavicles only reach the top rows: draw there only
@@ -717,7 +717,7 @@ def _draw_bones(ch: _Chunk, L: _Layers, fx):
         p0 = np.stack([np.full(ch.B, 0.03 * s), A["clav_v"]], 1)
         p1 = np.stack([np.full(ch.B, 0.3 * s), A["clav_v"] - A["clav_rise"]], 1)
         d, _ = _segment_distance(u[:, :top], v[:, :top], p0, p1)
-        L.D[:, :top] += 0.13 * _soft(d - 0.017, px) * L.body[:, :top]
+        L.D[:, :top] += 0.13 * soft(d - 0.017, px) * L.body[:, :top]
 
 
 def _scanner(ch: _Chunk, D, rng, markers):
@@ -758,7 +758,7 @@ def _draw_devices(ch: _Chunk, idx):
         sel = np.nonzero(which)[0]
         if len(sel):
             d = _polyline_distance(u[sel], v[sel], pts[sel])
-            mask[sel] = np.maximum(mask[sel], _soft(d - width[sel], px[sel]))
+            mask[sel] = np.maximum(mask[sel], soft(d - width[sel], px[sel]))
 
     def P(*xy):
         return np.stack([np.stack([np.broadcast_to(x, len(idx)), np.broadcast_to(y, len(idx))], 1)
@@ -782,7 +782,7 @@ def _draw_devices(ch: _Chunk, idx):
         gu = _col(0.28 * sgn[pm] + j[pm, 0])
         gv = _col(-0.32 + j[pm, 1])
         box = np.maximum(np.abs(u[pm] - gu) - 0.035, np.abs(v[pm] - gv) - 0.024)
-        mask[pm] = np.maximum(mask[pm], _soft(box, px[pm]))
+        mask[pm] = np.maximum(mask[pm], soft(box, px[pm]))
     draw(dev[:, 4], P((0.26 * sgn, -0.31), (0.1 * sgn, -0.22), (-0.01, -0.05), (0.02, 0.04 + j[:, 2])))
     draw(dev[:, 4], P((0.26 * sgn, -0.31), (0.1 * sgn, -0.2), (0.0, -0.02), (0.1, 0.19 + j[:, 3])))
     return mask

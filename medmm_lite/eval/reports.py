@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.findings import PATHOLOGIES
-from .labeler import _check_reports, clinical_f1, labels_matrix
+from .labeler import check_reports, clinical_f1, labels_matrix
 from .metrics import bleu, rouge_l
 
 
@@ -28,8 +28,8 @@ def report_metrics(references, hypotheses) -> dict:
     (:func:`~medmm_lite.eval.rouge_l`); clinical F1 is :func:`~medmm_lite.eval.clinical_f1` over the
     nine pathologies and No Finding (positive and uncertain count as present). All in [0, 1].
     """
-    references = _check_reports(references, "references")
-    hypotheses = _check_reports(hypotheses, "hypotheses")
+    references = check_reports(references, "references")
+    hypotheses = check_reports(hypotheses, "hypotheses")
     clinical = clinical_f1(references, hypotheses)
     return {"bleu4": bleu(references, hypotheses, max_n=4), "rouge_l": rouge_l(references, hypotheses),
             "clinical_f1_micro": clinical["micro_f1"], "clinical_f1_macro": clinical["macro_f1"]}
@@ -56,7 +56,7 @@ def hallucinations(generated_reports, labels, uncertain_as: int = 1) -> dict:
     "No Finding" is not counted: writing "no acute process" for a sick patient is a *missed*
     finding, which clinical F1's recall measures.
     """
-    reports = _check_reports(generated_reports, "generated_reports")
+    reports = check_reports(generated_reports, "generated_reports")
     y = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels, dtype=np.float64)
     k = len(PATHOLOGIES)
     if y.ndim != 2 or y.shape[0] != len(reports) or y.shape[1] < k:

@@ -34,6 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import text_encoder
+from ..hub import data_fingerprint, load_or_train
+from ..train import fit
 from .unet import UNet
 
 SCHEDULES = ("linear", "cosine")
@@ -457,10 +460,7 @@ def train_ddpm(P, data, *, seed: int = 0, steps: int | None = None, batch_size: 
     Returns ``(model, schedule, info)``: the :class:`ConditionalDenoiser` in eval mode, its
     :class:`NoiseSchedule`, and ``load_or_train``'s info (``info["history"]``: the fit History).
     """
-    from ..data.tensors import TensorDictDataset
-    from ..hub import load_or_train
-    from ..pretrain.clip import data_fingerprint
-    from ..train import fit
+    from ..data.tensors import TensorDictDataset  # medmm_lite.data (and SciPy) load on first use
 
     if condition not in CONDITIONS + (None,):
         raise ValueError(f"condition must be one of {CONDITIONS} or None, got {condition!r}")
@@ -488,7 +488,6 @@ def train_ddpm(P, data, *, seed: int = 0, steps: int | None = None, batch_size: 
     def build():
         text = None
         if condition == "report":
-            from ..backbones import text_encoder
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 text = text_encoder(P, vocab_size, depth=min(P.depth, 2))

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from ..hub import load_or_train
+from ..train import fit
 from .unet import UNet
 
 PIX2PIX_L1_WEIGHT = 100.0
@@ -218,9 +220,7 @@ def train_translation(P, mri_pairs, *, source: str = "t1", target: str = "t2", s
     Returns ``(model, info)``: a :class:`TranslationUNet` or :class:`Pix2Pix` in eval mode
     (``model(x)`` translates either way) and ``load_or_train``'s info.
     """
-    from ..data.tensors import TensorDictDataset
-    from ..hub import load_or_train
-    from ..train import fit
+    from ..data.tensors import TensorDictDataset  # medmm_lite.data (and SciPy) load on first use
 
     x, y = _pairs(mri_pairs, source, target)
     steps = steps or P.steps

@@ -6,6 +6,7 @@
   features) with a KV cache; ``generate`` decodes with it (greedy, sampling, beam).
 * ``Block``, ``Attention``, ``CrossAttention``, ``MLP``: the shared transformer pieces.
 * ``patchify`` / ``unpatchify``: images <-> (B, N, p*p*C) patch vectors (MAE's convention).
+* ``feature_dim``: an encoder's global feature width, which the heads put on it read.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch.nn as nn
 
 from .attention import MLP, Attention, Block, CrossAttention, DropPath, LayerCache
 from .cnn import BasicBlock, CNNEncoder
+from .features import feature_dim
 from .generation import generate, top_k_filter, top_p_filter
 from .text import DecoderOutput, TextDecoder, TextEncoder, TextFeatures
 from .vit import ImageFeatures, PatchEmbed, ViT, patchify, sincos_pos_embed_2d, unpatchify
@@ -31,6 +33,6 @@ __all__ = [
     "ViT", "CNNEncoder", "TextEncoder", "TextDecoder",
     "ImageFeatures", "TextFeatures", "DecoderOutput", "LayerCache",
     "generate", "top_k_filter", "top_p_filter",
-    "patchify", "unpatchify", "sincos_pos_embed_2d", "count_parameters",
+    "patchify", "unpatchify", "sincos_pos_embed_2d", "count_parameters", "feature_dim",
     "Block", "Attention", "CrossAttention", "MLP", "DropPath", "PatchEmbed", "BasicBlock",
 ]

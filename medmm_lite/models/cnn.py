@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .vit import ImageFeatures, _pair, check_images
+from .vit import ImageFeatures, check_images, pair
 
 
 class BasicBlock(nn.Module):
@@ -67,7 +67,7 @@ class CNNEncoder(nn.Module):
         self.local_dim = widths[-1]
         self.dim = dim or widths[-1]
         self.reduction = stem_stride * 2 ** (len(widths) - 1)
-        self.image_size = _pair(image_size) if image_size is not None else None
+        self.image_size = pair(image_size) if image_size is not None else None
         if self.image_size and (self.image_size[0] % self.reduction or self.image_size[1] % self.reduction):
             raise ValueError(f"image_size {self.image_size} must be divisible by the CNN's total stride "
                              f"{self.reduction} (stem_stride * 2**(len(widths)-1))")
@@ -108,7 +108,7 @@ class CNNEncoder(nn.Module):
 
     def grid_size_for(self, image_size) -> tuple[int, int]:
         """The (h, w) local grid of an input of ``image_size`` pixels."""
-        h, w = _pair(image_size)
+        h, w = pair(image_size)
         return (h // self.reduction, w // self.reduction)
 
     def forward(self, images) -> ImageFeatures:

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import Block, LayerCache, init_transformer_weights
+from .generation import generate
 
 
 class TextFeatures(NamedTuple):
@@ -78,7 +79,9 @@ def _check_sizes(name: str, **sizes) -> None:
                          "dim // heads channels)")
 
 
-def _check_mask(mask, shape, name: str, what: str) -> torch.Tensor:
+def check_mask(mask, shape, name: str, what: str) -> torch.Tensor:
+    """``mask`` (1 real, 0 padding) as a bool tensor, after checking it has ``shape``; ``name`` and ``what``
+    say whose and which mask in the error."""
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
         got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"{name} expected {what} of shape {tuple(shape)} (1 = real, 0 = padding), got {got}")
@@ -122,7 +125,7 @@ class TextEncoder(nn.Module):
         if attention_mask is None:
             real = input_ids != self.pad_id
         else:
-            real = _check_mask(attention_mask, (B, L), "TextEncoder", "attention_mask")
+            real = check_mask(attention_mask, (B, L), "TextEncoder", "attention_mask")
         mask = None
         if not bool(real.all()):
             if not bool(real.any(dim=1).all()):
@@ -207,7 +210,7 @@ class TextDecoder(nn.Module):
         key_pos = torch.arange(total, device=device)[None, :]
         mask = (key_pos <= query_pos)[None, None]                            # (1, 1, T, S)
         if attention_mask is not None:
-            real = _check_mask(attention_mask, (B, total), "TextDecoder", "attention_mask (past + new positions)")
+            real = check_mask(attention_mask, (B, total), "TextDecoder", "attention_mask (past + new positions)")
             # a padded query that sees no real key would get NaN (softmax over nothing), and a NaN
             # value times a zero attention weight is still NaN in later layers: let it see itself
             mask = (mask & real[:, None, None, :]) | (key_pos == query_pos)[None, None]
@@ -263,7 +266,7 @@ class TextDecoder(nn.Module):
         if context.ndim != 3 or context.shape[0] != B or context.shape[2] != self.context_dim:
             raise ValueError(f"context must be (B={B}, N, context_dim={self.context_dim}), got {tuple(context.shape)}")
         if context_mask is not None:
-            real = _check_mask(context_mask, context.shape[:2], "TextDecoder", "context_mask")
+            real = check_mask(context_mask, context.shape[:2], "TextDecoder", "context_mask")
             if not bool(real.any(dim=1).all()):
                 raise ValueError("context_mask hides every context entry of some sample; keep at least one")
 
@@ -301,5 +304,4 @@ class TextDecoder(nn.Module):
     @torch.no_grad()
     def generate(self, context=None, **kwargs):
         """``generation.generate(self, context, **kwargs)``: greedy, sampling or beam search."""
-        from .generation import generate
         return generate(self, context, **kwargs)

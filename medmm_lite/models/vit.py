@@ -34,7 +34,8 @@ class ImageFeatures(NamedTuple):
     local_features: torch.Tensor
 
 
-def _pair(size) -> tuple[int, int]:
+def pair(size) -> tuple[int, int]:
+    """An image size as ``(h, w)``: an int ``n`` is ``(n, n)``."""
     if isinstance(size, int):
         return (size, size)
     size = tuple(int(s) for s in size)
@@ -170,7 +171,7 @@ class PatchEmbed(nn.Module):
         super().__init__()
         if stem not in ("linear", "conv", "conv_patchwise"):
             raise ValueError(f"stem must be 'linear', 'conv' or 'conv_patchwise', got {stem!r}")
-        self.image_size = _pair(image_size)
+        self.image_size = pair(image_size)
         self.patch_size = patch_size
         if self.image_size[0] % patch_size or self.image_size[1] % patch_size:
             raise ValueError(f"image_size {self.image_size} must be divisible by patch_size={patch_size}")
@@ -242,7 +243,7 @@ class ViT(nn.Module):
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
-        self.image_size = _pair(image_size)
+        self.image_size = pair(image_size)
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.dim = self.local_dim = dim

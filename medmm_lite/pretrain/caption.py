@@ -54,20 +54,24 @@ from __future__ import annotations
 
 import copy
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import image_encoder, text_decoder
 from ..data.augment import light_augment
+from ..data.samplers import SameGroupBatches
 from ..data.tensors import TensorDictDataset
+from ..hub import data_fingerprint, load_or_train, profile_key
 from ..models.frozen import FrozenEncoder
 from ..models.generation import STRATEGIES, generate
 from ..models.text import TextDecoder
 from ..profiles import Profile
 from ..train import fit
-from .clip import SameGroupBatches, data_fingerprint, profile_key
+from .clip import pretrain_clip, recalibrate_batchnorm
 
 TEXTS = ("findings", "report", "impression")
 PROJECTIONS = ("linear", "none")
@@ -279,8 +283,6 @@ def build_caption(P: Profile, vocab_size: int, seed: int = 0, encoder: str = "cn
     module docstring. The CNN is built without its final Linear, so its global feature is the
     average of the region features the decoder reads (a linear probe then reads what captioning
     trained); the ViT is mean-pooled for the same reason."""
-    from ..backbones import image_encoder, text_decoder
-
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 8:
         raise ValueError(f"vocab_size must be the tokenizer's size (len(tokenizer)), an int >= 8, got {vocab_size!r}")
     if encoder not in ENCODERS:
@@ -308,10 +310,6 @@ def build_caption(P: Profile, vocab_size: int, seed: int = 0, encoder: str = "cn
 def lesson02_clip(P: Profile, data, *, seed: int, device=None, progress: bool = True):
     """Lesson 02's CLIP (trained or loaded by ``pretrain_clip``) and the name of its cached checkpoint,
     which goes into the cache key of any model built on it (a retrained CLIP retrains that model)."""
-    from pathlib import Path
-
-    from .clip import pretrain_clip
-
     clip_model, info = pretrain_clip(P, data, seed=seed, device=device, progress=progress)
     return clip_model, Path(info["path"]).name if info.get("path") else "clip (not cached)"
 
@@ -343,9 +341,6 @@ def pretrain_caption(P: Profile, data, *, seed: int = 0, steps: int | None = Non
         ``evals`` with ``val_loss``). A CNN's BatchNorm statistics are recomputed for the final
         weights on the training images (``clip.recalibrate_batchnorm``); a frozen encoder keeps its own.
     """
-    from ..hub import load_or_train
-    from .clip import recalibrate_batchnorm
-
     if text not in TEXTS:
         raise ValueError(f"text must be one of {TEXTS}, got {text!r}")
     if encoder not in ENCODERS:

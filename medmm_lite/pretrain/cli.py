@@ -34,9 +34,18 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
+import torch
+from safetensors.torch import save_model
+
+from .. import distributed as D
+from .. import profile, seed_everything
+from ..hub import data_fingerprint
+from ..train import History, TrainingStopped, fit_defaults
+from ..utils import atomic_save
 from .registry import OBJECTIVES, PLANNED, get_objective
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: "try again later", the code a preempted job should requeue on
@@ -172,8 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args) -> tuple:
     """``(objective, profile, recipe options)`` from the arguments, or a ConfigError."""
-    from .. import profile
-
     try:
         objective = get_objective(args.objective)
     except ValueError as err:
@@ -192,8 +199,6 @@ def resolve(args) -> tuple:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if P.device not in ("cpu", "cuda"):
         raise ConfigError(f"device must be 'cpu' or 'cuda', got {P.device!r}")
-    import torch
-
     if P.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device; use the cpu profile "
                           "or device = \"cpu\"")
@@ -208,8 +213,6 @@ def resolve(args) -> tuple:
 def check_out(out: Path) -> None:
     """``--out`` must be a folder this process can write, before any data is prepared or step taken
     (an unwritable one used to fail at the first checkpoint, after training had started)."""
-    import tempfile
-
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
@@ -247,9 +250,7 @@ def _user_keys(args, options: dict) -> set:
 # --------------------------------------------------------------------------- running
 def _prepare_data(P, args):
     """The lesson's data; under torchrun rank 0 builds (and caches) it first, then the others load it."""
-    from .. import distributed as D
-    from ..data import prepare_data
-
+    from ..data import prepare_data  # medmm_lite.data and transformers load when data is prepared
     from ..data.real import DatasetNotAvailableError
 
     knobs = {"root": args.data_root} if args.data_root else {}
@@ -264,8 +265,6 @@ def _prepare_data(P, args):
         if D.is_main_process():
             D.barrier()
     if D.is_distributed():  # e.g. nodes without a shared cache that drew different data
-        from .clip import data_fingerprint
-
         if len(set(D.all_gather_objects(data_fingerprint(data)))) > 1:
             raise RuntimeError("the processes prepared different training data; check that every node has the "
                                "same dataset and library version")
@@ -282,18 +281,12 @@ def _recipe_arguments(recipe, args, P, options) -> dict:
 
 
 def _history_summary(history):
-    from ..train import History
-
     if isinstance(history, History) and len(history):
         return {"final_loss": history.final_loss, "history": history.to_dict()}
     return {}
 
 
 def run(args) -> int:
-    from .. import distributed as D
-    from .. import seed_everything
-    from ..train import TrainingStopped, fit_defaults
-
     objective, P, options = resolve(args)
     out = Path(args.out)
     check_out(out)
@@ -374,10 +367,6 @@ def run(args) -> int:
 
 
 def _save_model_copy(model, folder: Path, say) -> None:
-    from safetensors.torch import save_model
-
-    from ..utils import atomic_save
-
     try:
         atomic_save(lambda tmp: save_model(model, tmp), folder / "model.safetensors")
     except OSError as err:

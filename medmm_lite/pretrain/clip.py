@@ -55,15 +55,18 @@ Choices made here, and why:
 """
 from __future__ import annotations
 
-import hashlib
 from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..backbones import image_encoder, text_encoder
 from ..data.augment import light_augment
+from ..data.samplers import SameGroupBatches
 from ..data.tensors import TensorDictDataset
+from ..hub import data_fingerprint, load_or_train, profile_key
+from ..models.features import feature_dim
 from ..objectives.contrastive import CLIP_INIT_TEMPERATURE, CLIP_MAX_LOGIT_SCALE, LogitScale, distributed_clip_loss
 from ..train import fit
 
@@ -96,14 +99,6 @@ class ProjectionHead(nn.Module):
         return self.net(x)
 
 
-def _feature_dim(encoder: nn.Module, what: str) -> int:
-    dim = getattr(encoder, "dim", None)
-    if not isinstance(dim, int):
-        raise ValueError(f"the {what} encoder must have an int attribute .dim (its global feature width), as "
-                         f"the course's encoders do (medmm_lite.backbones); got {type(encoder).__name__}")
-    return dim
-
-
 class CLIPModel(nn.Module):
     """An image tower and a text tower with projection heads into one ``embed_dim`` space.
 
@@ -131,8 +126,8 @@ class CLIPModel(nn.Module):
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.embed_dim = embed_dim
-        self.image_projection = ProjectionHead(_feature_dim(image_encoder, "image"), embed_dim, projection)
-        self.text_projection = ProjectionHead(_feature_dim(text_encoder, "text"), embed_dim, projection)
+        self.image_projection = ProjectionHead(feature_dim(image_encoder, "image"), embed_dim, projection)
+        self.text_projection = ProjectionHead(feature_dim(text_encoder, "text"), embed_dim, projection)
         self.logit_scale = LogitScale(init_temperature, learnable=learn_temperature)
 
     @property
@@ -285,66 +280,11 @@ def encode_texts(data, text: str = "impression", max_len: int | None = None):
     return encode_reports(data.tokenizer, texts, max_len)
 
 
-class SameGroupBatches(TensorDictDataset):
-    """A ``TensorDictDataset`` whose every batch comes from one group (e.g. one hospital).
-
-    ``fit`` asks for a batch of random indices; the group of the first index is the
-    batch's group (so a group is picked in proportion to its size), and the batch is
-    re-drawn without replacement from that group's studies. The draw is seeded by the
-    requested indices, which ``fit`` derives from (seed, step), so runs stay
-    reproducible and resumable. A group smaller than the batch is topped up at random
-    from the others.
-    """
-
-    def __init__(self, groups, **tensors):
-        super().__init__(**tensors)
-        groups = np.asarray(groups)
-        if groups.shape != (self.length,):
-            raise ValueError(f"groups must hold one group id per sample ({self.length}), got shape {groups.shape}")
-        self.groups = groups
-        self.members = {g: np.flatnonzero(groups == g) for g in np.unique(groups)}
-
-    def __getitems__(self, indices) -> dict:
-        indices = [int(i) for i in indices]
-        rng = np.random.default_rng(indices)
-        pool = self.members[self.groups[indices[0]]]
-        n = len(indices)
-        chosen = rng.choice(pool, min(n, len(pool)), replace=False)
-        if len(chosen) < n:
-            others = np.setdiff1d(np.arange(self.length), chosen)
-            chosen = np.concatenate([chosen, rng.choice(others, n - len(chosen), replace=False)])
-        return super().__getitems__(chosen.tolist())
-
-
 # --------------------------------------------------------------------------- cached pretraining
-def data_fingerprint(data) -> str:
-    """A short hash of what a pretraining run sees: training indices, their reports, their pixels.
-
-    Part of every cache key, so a model trained on one cohort (or dataset, or split) is never
-    served for another. Hashes a strided sample of the pixels to stay fast.
-    """
-    train = np.asarray(data.splits["train"], dtype=np.int64)
-    h = hashlib.sha256(train.tobytes())
-    h.update("\x00".join(data.cohort.reports[i] for i in train).encode())
-    pixels = data.cohort.images[torch.from_numpy(train)]
-    h.update(pixels.flatten()[:: max(1, pixels.numel() // 100_000)].contiguous().numpy().tobytes())
-    h.update(data.input_ids[torch.from_numpy(train)].numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def profile_key(P) -> dict:
-    """The profile sizes that shape a pretrained model."""
-    return {"profile": P.name, "image_size": P.image_size, "patch_size": P.patch_size, "dim": P.dim,
-            "depth": P.depth, "heads": P.heads, "max_text_len": P.max_text_len, "vit_stem": P.vit_stem,
-            "vit_pool": P.vit_pool}
-
-
 def build_clip(P, vocab_size: int, *, seed: int = 0, temperature: float | None = None, projection: str = "mlp",
                embed_dim: int | None = None) -> CLIPModel:
     """The course's CLIP model for profile ``P``: standard ViT and text towers, initialised from ``seed``
     (without touching the global random state). ``temperature=None`` learns T from 0.07; a float fixes it."""
-    from ..backbones import image_encoder, text_encoder
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return CLIPModel(image_encoder(P), text_encoder(P, vocab_size), embed_dim or P.dim,
@@ -384,8 +324,6 @@ def pretrain_clip(P, data, *, seed: int = 0, image_to_text_weight: float = 0.5, 
         (``info["history"]`` is the ``fit`` History, whose ``metrics["temperature"]`` is T per step).
         Embed texts for it with ``encode_texts(data, text)``.
     """
-    from ..hub import load_or_train
-
     _check_weight_and_temperature(image_to_text_weight, temperature)
     if negatives not in NEGATIVES:
         raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")

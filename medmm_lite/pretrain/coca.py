@@ -86,14 +86,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import image_encoder
 from ..data.augment import light_augment
+from ..data.samplers import SameGroupBatches
 from ..data.tensors import TensorDictDataset
+from ..hub import data_fingerprint, load_or_train, profile_key
 from ..models.attention import Block, init_transformer_weights
-from ..models.text import DecoderOutput, TextDecoder, _check_mask, check_token_ids
-from ..objectives.contrastive import CLIP_INIT_TEMPERATURE, LogitScale, distributed_clip_loss
+from ..models.text import DecoderOutput, TextDecoder, check_mask, check_token_ids
+from ..objectives.contrastive import CLIP_INIT_TEMPERATURE, LogitScale, clip_loss, distributed_clip_loss
 from ..train import fit
 from .caption import IGNORE_INDEX, encode_captions, lesson02_clip, shift_targets, teacher_forced_sums
-from .clip import PROJECTIONS, ProjectionHead, SameGroupBatches, data_fingerprint, profile_key
+from .caption import generate_reports as caption_generate_reports
+from .clip import PROJECTIONS, ProjectionHead, embed_reports, recalibrate_batchnorm
 
 TEXTS = ("findings", "report", "impression")
 NEGATIVES = ("same_site", "random")
@@ -170,7 +174,7 @@ class CoCaDecoder(nn.Module):
         """
         check_token_ids(input_ids, "CoCaDecoder", self.vocab_size, self.max_len)
         B, L = input_ids.shape
-        real = (input_ids != self.pad_id) if attention_mask is None else _check_mask(
+        real = (input_ids != self.pad_id) if attention_mask is None else check_mask(
             attention_mask, (B, L), "CoCaDecoder", "attention_mask")
         x = torch.cat([self._embed(input_ids), self.cls_token.expand(B, -1, -1).to(self.token_embed.weight.dtype)], 1)
         keys = torch.cat([real, real.new_ones(B, 1)], dim=1)                         # the [CLS] is real
@@ -417,15 +421,12 @@ class CaptionView(nn.Module):
 
 def generate_reports(model: CoCaModel, images, tokenizer, strategy: str = "beam", **options):
     """Write a report per image with CoCa's decoder (``caption.generate_reports``' options)."""
-    from .caption import generate_reports as write
-
-    return write(CaptionView(model), images, tokenizer, strategy, **options)
+    return caption_generate_reports(CaptionView(model), images, tokenizer, strategy, **options)
 
 
 def text_embedder(model: CoCaModel, tokenizer, max_len: int | None = None):
     """``list[str] -> (K, embed_dim)`` for ``adapt.prompt_embeddings``: ``[BOS] text [EOS]``, then the text [CLS]."""
     from ..data.tokenizer import encode_for_decoder
-    from .clip import embed_reports
 
     max_len = max_len or model.decoder.max_len
 
@@ -461,8 +462,6 @@ def build_coca(P, vocab_size: int, *, seed: int = 0, max_len: int | None = None,
     """The course's CoCa for profile ``P``, initialised from ``seed`` without touching the global random
     state: ``backbones.image_encoder(P)`` (lesson 02's ViT), a :class:`CoCaDecoder` of the profile's width
     whose ``P.depth`` blocks are split in half (``default_depths``) unless given, lesson 02's projection heads."""
-    from ..backbones import image_encoder
-
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 8:
         raise ValueError(f"vocab_size must be the tokenizer's size (len(tokenizer)), an int >= 8, got {vocab_size!r}")
     if projection not in PROJECTIONS:
@@ -534,9 +533,6 @@ def pretrain_coca(P, data, *, seed: int = 0, steps: int | None = None, device=No
         that ran; ``evals``: ``val_contrastive`` / ``val_caption``). BatchNorm statistics of the projection
         heads are recomputed for the final weights (``clip.recalibrate_batchnorm``).
     """
-    from ..hub import load_or_train
-    from .clip import recalibrate_batchnorm
-
     _check_weights(contrastive_weight, caption_weight)
     if image_init not in IMAGE_INITS:
         raise ValueError(f"image_init must be one of {IMAGE_INITS}, got {image_init!r}")
@@ -580,7 +576,6 @@ def pretrain_coca(P, data, *, seed: int = 0, steps: int | None = None, device=No
                 text_emb = torch.cat([model.encode_text(ids[val[i:i + 256]].to(scale.device),
                                                         mask[val[i:i + 256]].to(scale.device))
                                       for i in range(0, len(val), 256)])
-                from ..objectives.contrastive import clip_loss
                 out["val_contrastive"] = float(clip_loss(image_emb, text_emb, scale))
         return out
 

@@ -38,9 +38,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backbones import image_encoder, text_encoder
 from ..data.augment import light_augment
 from ..data.findings import PATHOLOGIES
 from ..data.tensors import TensorDictDataset
+from ..hub import data_fingerprint, load_or_train
 from ..objectives.contrastive import distributed_clip_loss
 from ..objectives.local import (ATTENTION_KINDS, GLORIA_ATTENTION_TEMPERATURE, GLORIA_LOGIT_SCALE,
                                 GLORIA_SIMILARITY_TEMPERATURE, local_contrastive_loss, merge_subwords, merged_words,
@@ -48,7 +50,6 @@ from ..objectives.local import (ATTENTION_KINDS, GLORIA_ATTENTION_TEMPERATURE, G
 from ..objectives.local import word_ids as token_word_ids
 from ..profiles import Profile
 from ..train import fit
-from .clip import data_fingerprint
 
 
 class GLoRIAOutput(NamedTuple):
@@ -253,8 +254,6 @@ def sentence_bank(reports, tokenizer, max_len: int | None = None) -> SentenceBan
 
 def build_gloria(P: Profile, tokenizer, embed_dim: int | None = None) -> GLoRIAModel:
     """The course's GLoRIA model for profile ``P``: the standard ViT and text encoder."""
-    from ..backbones import image_encoder, text_encoder
-
     # pool="mean": the image's global feature is the mean of its patch features, as GLoRIA
     # average-pools its CNN's last map; linear probes then read the same feature the model trained.
     return GLoRIAModel(image_encoder(P, pool="mean"), text_encoder(P, len(tokenizer)), embed_dim or P.dim,
@@ -285,8 +284,6 @@ def pretrain_gloria(P: Profile, data, *, seed: int = 0, local_weight: float = 1.
         ``(model, info)`` from :func:`medmm_lite.hub.load_or_train`; ``info["history"]`` is the
         training :class:`~medmm_lite.train.History` with ``metrics["global"]`` (and ``["local"]``).
     """
-    from ..hub import load_or_train
-
     if text not in ("sentence", "report"):
         raise ValueError(f"text must be 'sentence' (GLoRIA) or 'report', got {text!r}")
     if attention not in ATTENTION_KINDS:

@@ -24,12 +24,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backbones import image_encoder
 from ..data.augment import light_augment
 from ..data.tensors import TensorDictDataset
+from ..fusion import standardise_labs
+from ..hub import data_fingerprint, load_or_train, profile_key
+from ..models.features import feature_dim
 from ..models.vit import ImageFeatures
 from ..objectives.contrastive import CLIP_INIT_TEMPERATURE, LogitScale, distributed_clip_loss
 from ..train import fit
-from .clip import ProjectionHead, _feature_dim, data_fingerprint, profile_key, recalibrate_batchnorm
+from .clip import ProjectionHead, recalibrate_batchnorm
 
 
 class LabsEncoder(nn.Module):
@@ -64,8 +68,8 @@ class LabsCLIPModel(nn.Module):
         if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
             raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
         self.image_encoder, self.labs_encoder, self.embed_dim = image_encoder, labs_encoder, embed_dim
-        self.image_projection = ProjectionHead(_feature_dim(image_encoder, "image"), embed_dim)
-        self.labs_projection = ProjectionHead(_feature_dim(labs_encoder, "labs"), embed_dim)
+        self.image_projection = ProjectionHead(feature_dim(image_encoder, "image"), embed_dim)
+        self.labs_projection = ProjectionHead(feature_dim(labs_encoder, "labs"), embed_dim)
         self.logit_scale = LogitScale(init_temperature, learnable=True)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -92,8 +96,6 @@ def labs_clip_step(model: LabsCLIPModel, batch, augment=light_augment, generator
 
 def build_labs_clip(P, n_labs: int = 4, *, seed: int = 0, embed_dim: int | None = None) -> LabsCLIPModel:
     """The course's image-labs CLIP model for profile ``P`` (standard ViT; a labs MLP of width ``P.dim``)."""
-    from ..backbones import image_encoder
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LabsCLIPModel(image_encoder(P), LabsEncoder(n_labs, P.dim), embed_dim or P.dim)
@@ -108,9 +110,6 @@ def pretrain_labs_clip(P, data, *, seed: int = 0, steps: int | None = None, devi
     ``info["lab_stats"]`` holds them. ``steps``, ``lr``, ``batch_size`` default to the profile's.
     Returns ``(model, info)``, the model in eval mode; use ``model.image_encoder`` for probes.
     """
-    from ..fusion import standardise_labs
-    from ..hub import load_or_train
-
     steps = steps or P.steps
     lr = lr or P.lr
     batch_size = min(batch_size or P.batch_size, len(data.splits["train"]))

@@ -57,13 +57,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import text_encoder
+from ..hub import data_fingerprint, load_or_train
 from ..models import Block, ImageFeatures, PatchEmbed, TextEncoder, patchify, sincos_pos_embed_2d
 from ..models.attention import init_transformer_weights
 from ..models.vit import check_images
 from ..objectives.masking import mae_loss, random_masking
 from ..objectives.mlm import DEFAULT_SPECIAL_IDS, IGNORE_INDEX, mask_tokens, word_type_ids
 from ..profiles import Profile
-from .mae import PatchDecoder, default_decoder_dim
+from ..train import fit
+from .mae import PatchDecoder, default_decoder_dim, pretrain_mae
 
 MASK_TOKEN_ID = 4  # the course tokenizer's [MASK]
 # Text models here learn a language from scratch in a few hundred steps: they use twice the profile's rate.
@@ -451,8 +454,6 @@ class M3AEImageEncoder(nn.Module):
 # --------------------------------------------------------------------------- builders
 def build_mlm(P: Profile, vocab_size: int) -> MaskedLanguageModel:
     """The standard text encoder for profile ``P`` with an MLM head."""
-    from ..backbones import text_encoder
-
     return MaskedLanguageModel(text_encoder(P, vocab_size))
 
 
@@ -498,8 +499,6 @@ def trim_padding(batch: dict) -> dict:
 
 
 def _base_key(P, data, seed, dataset, steps, batch_size, lr):
-    from .clip import data_fingerprint
-
     return {"profile": P.name, "dataset": dataset, "seed": seed, "n_studies": len(data.cohort),
             "data": data_fingerprint(data), "n_train": len(data.splits["train"]), "image_size": P.image_size, "patch_size": P.patch_size,
             "dim": P.dim, "depth": P.depth, "heads": P.heads, "vocab_size": len(data.tokenizer),
@@ -523,9 +522,7 @@ def pretrain_mlm(P: Profile, data, *, seed: int = 0, steps: int | None = None, b
     learning language from scratch needs the larger rate), BERT's token masking. ``every_occurrence`` hides a chosen
     word at every place it occurs in the report (:func:`~medmm_lite.objectives.word_type_ids`).
     Returns ``(model, info)`` from :func:`medmm_lite.hub.load_or_train`."""
-    from ..data.tensors import TensorDictDataset
-    from ..hub import load_or_train
-    from ..train import fit
+    from ..data.tensors import TensorDictDataset  # medmm_lite.data (and SciPy) load on first use
 
     steps, batch_size, device = steps or default_text_steps(P, "mlm"), batch_size or P.batch_size, device or P.device
     lr = lr or TEXT_LR_SCALE * P.lr
@@ -570,9 +567,7 @@ def pretrain_m3ae(P: Profile, data, *, seed: int = 0, steps: int | None = None, 
     Returns ``(model, info)`` from :func:`medmm_lite.hub.load_or_train`; the History logs the
     three losses (``mim``, ``mlm``, ``itm``) and the ITM and MLM accuracies per step.
     """
-    from ..data.tensors import TensorDictDataset
-    from ..hub import load_or_train
-    from ..train import fit
+    from ..data.tensors import TensorDictDataset  # medmm_lite.data (and SciPy) load on first use
 
     steps, batch_size, device = steps or default_text_steps(P, "m3ae"), batch_size or P.batch_size, device or P.device
     lr = lr or TEXT_LR_SCALE * P.lr
@@ -588,8 +583,6 @@ def pretrain_m3ae(P: Profile, data, *, seed: int = 0, steps: int | None = None, 
         return _seeded(lambda: build_m3ae(P, vocab_size, decoder_dim, decoder_depth, norm_pix_loss), seed)
 
     def train(model):
-        from .mae import pretrain_mae
-
         mlm = pretrain_mlm(P, data, seed=seed, dataset=dataset, device=device, progress=progress)[0] if init_text else None
         mae = pretrain_mae(P, data, seed=seed, dataset=dataset, device=device, progress=progress)[0] if init_patches else None
         model.init_from(mlm, mae)

@@ -22,9 +22,11 @@ import torch
 from torch import nn
 
 from ..backbones import image_encoder
+from ..hub import data_fingerprint, load_or_train
 from ..models import Block, ViT, patchify, sincos_pos_embed_2d, unpatchify
 from ..objectives.masking import keep_count, mae_loss, random_masking, unshuffle
 from ..profiles import Profile
+from ..train import fit
 
 
 def default_decoder_dim(dim: int) -> int:
@@ -203,9 +205,7 @@ def pretrain_mae(P: Profile, data, *, seed: int = 0, mask_ratio: float = 0.75, s
     Returns ``(model, info)`` from :func:`medmm_lite.hub.load_or_train`; ``info["history"]`` is
     the training :class:`~medmm_lite.train.History`. ``model.encoder`` is the pretrained ViT.
     """
-    from ..data.tensors import TensorDictDataset
-    from ..hub import load_or_train
-    from ..train import fit
+    from ..data.tensors import TensorDictDataset  # medmm_lite.data (and SciPy) load on first use
 
     steps = steps or P.steps
     batch_size = batch_size or P.batch_size
@@ -214,7 +214,6 @@ def pretrain_mae(P: Profile, data, *, seed: int = 0, mask_ratio: float = 0.75, s
     decoder_dim = decoder_dim or default_decoder_dim(P.dim)
     train_idx = torch.as_tensor(data.splits["train"], dtype=torch.long)
     images = data.cohort.images[train_idx]
-    from .clip import data_fingerprint
 
     # the fingerprint of the training data, not only its size: another split of the same size is another model
     key = {"profile": P.name, "dataset": dataset, "seed": seed, "n_studies": len(data.cohort),

@@ -26,11 +26,14 @@ import hashlib
 import torch
 from torch import nn
 
+from ..backbones import image_encoder
 from ..data.augment import light_augment
 from ..data.tensors import TensorDictDataset
+from ..hub import load_or_train, profile_key
+from ..models.features import feature_dim
 from ..objectives.contrastive import CLIP_INIT_TEMPERATURE, LogitScale, distributed_clip_loss
 from ..train import fit
-from .clip import ProjectionHead, _feature_dim, profile_key, recalibrate_batchnorm
+from .clip import ProjectionHead, recalibrate_batchnorm
 from .simclr import SIMCLR_TEMPERATURE, build_simclr, simclr_step
 
 DENSE_TEMPERATURE = 0.1     # fixed, as SimCLR's
@@ -47,8 +50,8 @@ class ContrastPairModel(nn.Module):
         if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
             raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
         self.encoder_a, self.encoder_b, self.embed_dim = encoder_a, encoder_b, embed_dim
-        self.projection_a = ProjectionHead(_feature_dim(encoder_a, "first"), embed_dim)
-        self.projection_b = ProjectionHead(_feature_dim(encoder_b, "second"), embed_dim)
+        self.projection_a = ProjectionHead(feature_dim(encoder_a, "first"), embed_dim)
+        self.projection_b = ProjectionHead(feature_dim(encoder_b, "second"), embed_dim)
         self.logit_scale = LogitScale(init_temperature, learnable=True)
         # per-token heads for the dense (patch-to-patch) loss; LayerNorm, not BatchNorm: tokens of
         # one image are not independent samples
@@ -122,8 +125,6 @@ def contrast_pair_step(model: ContrastPairModel, batch, augment=light_augment, g
 
 def build_contrast_pair(P, *, seed: int = 0, embed_dim: int | None = None) -> ContrastPairModel:
     """Two standard ViTs for profile ``P`` (one per contrast), initialised from ``seed``."""
-    from ..backbones import image_encoder
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return ContrastPairModel(image_encoder(P), image_encoder(P), embed_dim or P.dim)
@@ -154,8 +155,6 @@ def pretrain_t1t2(P, t1: torch.Tensor, t2: torch.Tensor, *, seed: int = 0, steps
     one; 0 gives the global (CLIP-style) loss alone.
     Returns ``(model, info)``; ``model.encoder_a`` is the T1 encoder to use downstream.
     """
-    from ..hub import load_or_train
-
     if t1.shape != t2.shape:
         raise ValueError(f"t1 and t2 must be registered pairs of one shape, got {tuple(t1.shape)}, {tuple(t2.shape)}")
     steps, lr, batch_size = _sizes(P, t1, steps, lr, batch_size)
@@ -188,8 +187,6 @@ def pretrain_t1_simclr(P, t1: torch.Tensor, *, seed: int = 0, steps: int | None 
 
     Returns ``(model, info)``; ``model.encoder`` is the T1 encoder.
     """
-    from ..hub import load_or_train
-
     steps, lr, batch_size = _sizes(P, t1, steps, lr, batch_size)
     device = device or P.device
     dataset = TensorDictDataset(image=t1)

@@ -34,12 +34,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backbones import image_encoder
 from ..data.augment import light_augment, simclr_augment
+from ..data.samplers import SameGroupBatches
 from ..data.tensors import TensorDictDataset
+from ..hub import data_fingerprint, load_or_train, profile_key
+from ..models.features import feature_dim
 from ..objectives.contrastive import distributed_nt_xent_loss
 from ..train import fit
-from .clip import (NEGATIVES, ProjectionHead, SameGroupBatches, _feature_dim, data_fingerprint, profile_key,
-                   recalibrate_batchnorm)
+from .clip import NEGATIVES, ProjectionHead, recalibrate_batchnorm
 
 SIMCLR_TEMPERATURE = 0.1
 SIMCLR_PROJ_DIM = 128
@@ -58,7 +61,7 @@ class SimCLRModel(nn.Module):
         if isinstance(proj_dim, bool) or not isinstance(proj_dim, int) or proj_dim < 1:
             raise ValueError(f"proj_dim must be a positive int, got {proj_dim!r}")
         self.encoder = image_encoder
-        self.projection = ProjectionHead(_feature_dim(image_encoder, "image"), proj_dim, "mlp")
+        self.projection = ProjectionHead(feature_dim(image_encoder, "image"), proj_dim, "mlp")
         self.proj_dim = proj_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -87,8 +90,6 @@ def simclr_step(model: SimCLRModel, batch, temperature: float = SIMCLR_TEMPERATU
 
 def build_simclr(P, *, seed: int = 0, proj_dim: int = SIMCLR_PROJ_DIM) -> SimCLRModel:
     """The course's SimCLR model for profile ``P`` (standard ViT), initialised from ``seed``."""
-    from ..backbones import image_encoder
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return SimCLRModel(image_encoder(P), proj_dim)
@@ -110,8 +111,6 @@ def pretrain_simclr(P, data, *, seed: int = 0, temperature: float = SIMCLR_TEMPE
     Returns ``(model, info)`` with the model in eval mode on ``device``; use ``model.encoder``
     for probes.
     """
-    from ..hub import load_or_train
-
     if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0):
         raise ValueError(f"temperature must be a positive number (SimCLR: 0.1), got {temperature!r}")
     if negatives not in NEGATIVES:

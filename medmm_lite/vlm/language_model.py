@@ -18,6 +18,8 @@ import inspect
 import numpy as np
 import torch
 
+from ..data.samplers import length_grouped
+from ..hub import data_fingerprint, load_or_train, profile_key
 from ..train import fit
 from .instructions import IGNORE_INDEX, pad_batch
 
@@ -114,9 +116,6 @@ def pretrain_language_model(P, data, tokenizer, *, seed: int = 0, steps: int | N
     Steps default to a third of the profile's; batches group reports of similar length; the
     reports are ``[BOS] report [EOS]``, truncated to ``P.max_text_len + 32`` tokens.
     """
-    from ..hub import load_or_train
-    from ..pretrain.clip import data_fingerprint, profile_key
-
     sizes = {**lm_sizes(P), **(sizes or {})}
     steps = steps or max(1, P.steps // 3)
     lr, device = lr or P.lr, device or P.device
@@ -130,8 +129,6 @@ def pretrain_language_model(P, data, tokenizer, *, seed: int = 0, steps: int | N
         return build_language_model(lm_config(vocab_size, tokenizer=tokenizer, max_len=512, **sizes), seed=seed)
 
     def train_fn(model):
-        from .train import length_grouped
-
         return fit(model, lm_step, length_grouped(tensors), steps=steps, batch_size=batch_size, lr=lr,
                    seed=seed, device=device, amp=P.amp, progress=progress, desc="LM on reports")
 

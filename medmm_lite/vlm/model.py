@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .instructions import IGNORE_INDEX, pad_batch
+from .instructions import IGNORE_INDEX, pad_batch, special_ids
 from .language_model import cache_keyword, cache_of
 
 PROJECTORS = ("mlp", "linear")
@@ -105,8 +105,6 @@ class VisionLanguageModel(nn.Module):
 
     def __init__(self, vision: nn.Module, lm: nn.Module, tokenizer, *, image_grid: int = 4, projector: str = "mlp"):
         super().__init__()
-        from .instructions import special_ids
-
         self.vision = vision.requires_grad_(False)
         self.lm = lm
         self.tokenizer = tokenizer

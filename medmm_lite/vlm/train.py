@@ -14,30 +14,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..backbones import image_encoder
+from ..data.samplers import length_grouped
+from ..hub import data_fingerprint, load_or_train, profile_key
+from ..pretrain.clip import pretrain_clip
 from ..train import fit
 from .instructions import (build_conversations, encode_conversations, encode_plain, generate_questions, pad_batch,
                            vlm_tokenizer)
-from .language_model import lm_sizes, pretrain_language_model
+from .language_model import build_language_model, lm_config, lm_sizes, pretrain_language_model
 from .model import VisionLanguageModel, batched_image_features, vlm_step
 
 
 def stage_steps(P) -> dict:
     """Default optimiser steps of each phase for profile ``P``: most go to instruction tuning."""
     return {"lm": max(1, P.steps // 3), "stage1": max(1, P.steps // 4), "stage2": max(1, P.steps * 5 // 4)}
-
-
-def length_grouped(tensors: dict, n_groups: int = 4):
-    """A dataset whose every batch holds sequences of similar length (LLaVA's ``group_by_length``).
-
-    Sequences are cut into ``n_groups`` groups by length quantile; each batch is drawn from one
-    group (``pretrain.clip.SameGroupBatches``), and ``vlm_step`` trims the padding columns, so a
-    batch of short questions is not padded to the longest report in the data set.
-    """
-    from ..pretrain.clip import SameGroupBatches
-
-    lengths = tensors["attention_mask"].sum(1).numpy()
-    edges = np.quantile(lengths, np.linspace(0, 1, n_groups + 1)[1:-1])
-    return SameGroupBatches(np.digitize(lengths, edges), **tensors)
 
 
 def vlm_batch_size(P) -> int:
@@ -47,9 +37,6 @@ def vlm_batch_size(P) -> int:
 def build_vlm(P, tokenizer, *, seed: int = 0, image_grid: int = 4, projector: str = "mlp", sizes=None,
               lora_rank: int | None = None, lora_alpha: float | None = None) -> VisionLanguageModel:
     """A fresh (untrained) VLM of the course's architecture for profile ``P``."""
-    from ..backbones import image_encoder
-    from .language_model import build_language_model, lm_config
-
     sizes = {**lm_sizes(P), **(sizes or {})}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -96,9 +83,6 @@ def pretrain_vlm(P, data, *, seed: int = 0, stage: int = 2, device=None, progres
     Returns the model in eval mode (``model.tokenizer`` holds its tokenizer) and ``info``
     (``load_or_train``'s dict of the last phase) with ``info["phases"]``: each phase's info.
     """
-    from ..hub import load_or_train
-    from ..pretrain.clip import data_fingerprint, pretrain_clip, profile_key
-
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 (projector only) or 2 (instruction tuned), got {stage!r}")
     device = device or P.device

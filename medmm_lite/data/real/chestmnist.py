@@ -34,6 +34,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .common import (INFO, atomic_directory, check_image_size, check_n_studies, choose_subset, data_root,
                      dataset_lock, default_root, make_cohort, not_available, read_manifest, to_square, write_card)
@@ -160,8 +161,6 @@ def load_chestmnist(root=None, image_size: int = 64, n_studies: int | None = Non
     """ChestMNIST as a Cohort: images resized to ``image_size`` from the nearest prepared size,
     labels mapped to the course's findings, empty reports. ``n_studies`` caps the number of
     images (a random subset for ``seed``, across ``splits``); None loads all 112,120."""
-    from tqdm.auto import tqdm
-
     image_size = check_image_size(image_size)
     n_studies = check_n_studies(n_studies)
     unknown = [s for s in splits if s not in SPLITS]

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...utils import (STALE_SECONDS, _HOST, _pid_alive, atomic_write_bytes, cache_dir, current_umask,
-                      file_lock)
+from ...utils import HOST, STALE_SECONDS, atomic_write_bytes, cache_dir, current_umask, file_lock, pid_alive
+from ..cohort import Cohort
 from ..findings import FINDINGS, LAB_NAMES
 from .download import SYNTHETIC_HINT
 
@@ -242,8 +242,6 @@ def make_cohort(images: np.ndarray, *, reports, labels: np.ndarray, patient_ids,
                 image_size: int, seed: int, site=None, hedged=None):
     """A :class:`~medmm_lite.data.Cohort` from uint8 images ``(N, H, W)`` and what a real
     dataset knows; every field it does not know is filled as the module docstring says."""
-    from ..cohort import Cohort
-
     n = len(images)
     labels = np.asarray(labels, np.float32)
     if labels.shape != (n, len(FINDINGS)):
@@ -282,8 +280,8 @@ def _remove_stale_directories(final: Path, exclusive: bool) -> None:
         if m is None:
             continue
         try:
-            if m.group("pid") is not None and m.group("host") == _HOST:
-                dead = int(m.group("pid")) != os.getpid() and not _pid_alive(int(m.group("pid")))
+            if m.group("pid") is not None and m.group("host") == HOST:
+                dead = int(m.group("pid")) != os.getpid() and not pid_alive(int(m.group("pid")))
             else:
                 dead = exclusive or time.time() - stale.stat().st_mtime > STALE_SECONDS
         except OSError:
@@ -309,7 +307,7 @@ def atomic_directory(final: str | os.PathLike, *, exclusive: bool = False):
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_directories(final, exclusive)
-    owner = f"{_HOST}-{os.getpid()}-"
+    owner = f"{HOST}-{os.getpid()}-"
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-{owner}"))
     os.chmod(tmp, 0o777 & ~current_umask())
     try:

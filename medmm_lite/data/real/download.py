@@ -41,7 +41,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from ...utils import atomic_write_bytes
+from tqdm.auto import tqdm
+
+from ...utils import atomic_write_bytes, file_lock
 
 CHUNK = 1 << 20                      # 1 MiB per read: progress updates often, memory stays small
 RECORD_NAME = "CHECKSUMS.json"
@@ -159,8 +161,6 @@ def fetch(remote: RemoteFile, directory: str | os.PathLike, *, dataset: str, pro
     :class:`ChecksumError` naming both, and the new bytes stay in ``NAME.part``.
     ``accept_new_checksum=True`` accepts them (and records them) deliberately.
     """
-    from ...utils import file_lock
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with file_lock(directory / f".{remote.filename}.lock", f"downloading {remote.filename}",
@@ -360,7 +360,5 @@ class _NoBar:
 def _progress_bar(total, initial, description, enabled):
     if not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=description,
                 leave=False)

@@ -20,8 +20,9 @@ Patients: Open-I gives no patient identifier. The collection holds one report pe
 distributed (its de-identification kept one examination per patient), so the report number is
 used as the patient id; ``patient_split`` then keeps both views of a report in one split.
 
-Labels: the course's labeler (``medmm_lite.eval.labels_matrix``) reads each report, uncertain
-mentions counting as positive (CheXpert's "U-Ones"); ``hedged`` marks those uncertain ones.
+Labels: the course's labeler (``medmm_lite.data.labeler.labels_matrix``, which evaluation reads
+as ``medmm_lite.eval.labels_matrix``) reads each report, uncertain mentions counting as
+positive (CheXpert's "U-Ones"); ``hedged`` marks those uncertain ones.
 Open-I replaced identifying words with ``XXXX``; we keep them, as the reports were published.
 Reports with neither FINDINGS nor IMPRESSION text are dropped (``require_text=False`` keeps
 them, with empty reports and all-zero labels).
@@ -40,8 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from .. import cache as _cache
 from ..findings import FINDINGS
+from ..labeler import label_report, labels_matrix
 from .common import (INFO, atomic_directory, check_image_size, check_n_studies, choose_subset, data_root,
                      dataset_lock, default_root, make_cohort, not_available, read_manifest, to_square, write_card)
 from .download import RemoteFile, fetch
@@ -218,9 +222,6 @@ def load_iu_xray(root=None, image_size: int = 64, n_studies: int | None = None, 
     None loads all. ``images_per_report`` is ``"all"`` (one row per image) or ``"first"`` (the
     first listed image of each report only).
     """
-    from ...eval.labeler import label_report, labels_matrix
-    from .. import cache as _cache
-
     image_size = check_image_size(image_size)
     n_studies = check_n_studies(n_studies)
     if images_per_report not in ("all", "first"):
@@ -266,7 +267,6 @@ def load_iu_xray(root=None, image_size: int = 64, n_studies: int | None = None, 
 
 def _decode(pairs, pairing: Pairing, image_size: int, progress: bool) -> np.ndarray:
     from PIL import Image
-    from tqdm.auto import tqdm
 
     out = np.empty((len(pairs), image_size, image_size), np.uint8)
     for k, (_, image_id) in enumerate(tqdm(pairs, desc=f"{NAME}: reading images", disable=not progress,
@@ -289,8 +289,6 @@ def _decode(pairs, pairing: Pairing, image_size: int, progress: bool) -> np.ndar
 def _safe_extract(archive: Path, into: Path, progress: bool) -> None:
     """Extract a tar archive, refusing members that would land outside ``into`` (absolute
     paths, ``..``, links): a downloaded archive is untrusted input."""
-    from tqdm.auto import tqdm
-
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
         into_resolved = into.resolve()

@@ -42,7 +42,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from ..mri import MRIPhantoms
 from .common import (INFO, atomic_directory, check_image_size, check_n_studies, choose_subset, data_root,
                      dataset_lock, default_root, not_available, read_manifest, to_square, write_card)
 from .download import RemoteFile, fetch
@@ -235,8 +237,6 @@ def load_ixi(root=None, image_size: int = 64, n_studies: int | None = None, seed
     slice (one row per subject, so any split of the rows is a split by subject), ``"all"`` every
     prepared slice (rows of one subject are then not independent: split them with
     ``subject_split(subject_ids(root, n_studies, seed, slices="all"))``)."""
-    from ..mri import MRIPhantoms
-
     image_size = check_image_size(image_size)
     n_studies = check_n_studies(n_studies)
     if slices not in ("center", "all"):
@@ -294,8 +294,6 @@ def download_and_prepare(data_dir=None, *, contrasts=("T1", "T2"), size: int = 1
 
 def _prepare(data_dir: Path, final: Path, *, contrasts, size, slices_per_subject, spacing_mm, max_subjects, mirror,
              progress, keep_archives, opener, log, accept_new_checksum) -> Path:
-    from tqdm.auto import tqdm
-
     log(f"[{NAME}] {INFO[NAME].title}\n[{NAME}] licence: {INFO[NAME].licence}")
     tars = {c: fetch(remote_file(c, mirror), data_dir / "downloads" / NAME, dataset=NAME, progress=progress,
                      opener=opener, log=log, accept_new_checksum=accept_new_checksum) for c in contrasts}

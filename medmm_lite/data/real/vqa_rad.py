@@ -27,12 +27,15 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from ..cohort import patient_split
 from ..findings import FINDINGS
 from .common import (INFO, atomic_directory, check_image_size, check_n_studies, choose_subset, data_root,
                      dataset_lock, default_root, make_cohort, not_available, read_manifest, to_square, write_card)
@@ -92,8 +95,6 @@ class VQARad:
     def image_disjoint_split(self, fractions=(0.7, 0.1, 0.2), seed: int = 0) -> dict:
         """Question indices for train / val / test with no MedPix case in two splits (so no
         image is seen in training and asked about in testing)."""
-        from ..cohort import patient_split
-
         by_image = patient_split(self.cohort, fractions=fractions, seed=seed)
         return {name: np.nonzero(np.isin(self.image_index, rows))[0] for name, rows in by_image.items()}
 
@@ -149,10 +150,7 @@ def load_vqa_rad(root=None, image_size: int = 64, n_studies: int | None = None, 
     """VQA-RAD with images resized to ``image_size``. ``n_studies`` caps the number of *images*
     (a random subset for ``seed``; their questions come along); None loads all. Entries whose
     image file is missing are dropped, with a count in the warning."""
-    import warnings
-
     from PIL import Image
-    from tqdm.auto import tqdm
 
     image_size = check_image_size(image_size)
     n_studies = check_n_studies(n_studies)
