@@ -187,7 +187,7 @@ def test_arms_are_data_driven_from_the_registry():
 def test_budget_is_one_for_every_arm_and_m3ae_gets_the_same_steps_in_all():
     P = medmm_lite.profile("cpu")
     budget = K.capstone_budget(P)
-    assert budget.P.steps < P.steps and budget.seeds == (0, 1, 2)
+    assert budget.P.steps < P.steps and len(budget.seeds) == 5
     assert K.capstone_budget(P, full_size=True).P == P
     assert K.capstone_budget(P, steps=50).P.steps == 50
     m3ae = next(a for a in K.ARMS if a.name == "m3ae")
