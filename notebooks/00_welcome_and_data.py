@@ -118,6 +118,11 @@ show_images(cohort.images[examples], titles=names,
             ncols=5, size=2.2);
 
 # %% [markdown]
+# Look inside each box before reading its title. Some findings change the whole chest at a glance;
+# others are a few faint pixels even when you know where to look. A model has the same trouble,
+# so when a later lesson reports one average score, look for these faint findings in its
+# per-finding numbers: that is where an average hides what a model misses.
+#
 # ## 4. Reports
 #
 # Reports are written by a grammar with a FINDINGS and an IMPRESSION section, synonyms,
@@ -184,9 +189,11 @@ fig.colorbar(im, ax=axes[1])
 fig.tight_layout()
 
 # %% [markdown]
-# Findings co-occur as they do in real cohorts: edema with an enlarged heart and effusions, for
-# instance. A model can exploit such correlations instead of seeing the finding itself: a
-# shortcut, like the site signals of section 6, whose cost lesson 12 measures on an unseen site.
+# On the left, the shortest bars are the findings whose scores in later lessons rest on the fewest
+# positive test studies, and so carry the widest intervals. On the right, findings co-occur as
+# they do in real cohorts: edema with an enlarged heart and effusions, for instance. A model can
+# exploit such correlations instead of seeing the finding itself: a shortcut, like the site
+# signals of section 6, whose cost lesson 12 measures on an unseen site.
 
 # %% [markdown]
 # ## 6. Sites, patients and scanners
@@ -220,6 +227,14 @@ per_patient = np.bincount(np.unique(cohort.patient_ids, return_inverse=True)[1])
 print(f"\nstudies per patient: {np.bincount(per_patient)[1:]} (for 1, 2, 3, ... studies)")
 
 # %% [markdown]
+# Read the figure and the table together. The mean images and the intensity histograms differ by
+# site (brightness, contrast, sharpness, a burned-in marker in a corner) before any finding is
+# involved, so a model can tell the sites apart from the pixels alone. The table shows that the
+# sites also see different patients: the ICU's are the oldest, the clinic's the youngest, and
+# their most common findings need not agree. A scanner that predicts the case mix is a shortcut
+# to the labels; lesson 02 meets it, lesson 12 measures what it costs on an unseen site. The last
+# line is why section 9 splits by patient: many patients have more than one study.
+#
 # ## 7. Labs
 #
 # Lab values are a second, non-image modality (lesson 11). They are generated to correlate with
@@ -241,6 +256,11 @@ for ax, (lab, finding) in zip(axes, pairs):
 fig.tight_layout()
 
 # %% [markdown]
+# In each panel, compare the two boxes. Each lab moves with its finding in the direction a
+# clinician expects (SpO2 falls, the others rise), but the boxes overlap: a lab hints at a
+# finding, it does not decide it. How far apart the boxes sit differs from lab to lab, and that
+# is how much the lab can add to the image when lesson 11 gives the model both.
+#
 # ## 8. MRI phantoms
 #
 # For the image-image lessons (MRI T1 -> T2 synthesis in 06, T1/T2 contrastive pretraining in 11),
@@ -278,6 +298,11 @@ medmm_lite.record("patients_in_two_splits", overlap)
 medmm_lite.record("n_studies", len(cohort))
 
 # %% [markdown]
+# Read each finding's column from top to bottom: its prevalence is about the same in the training,
+# validation and test splits, which is what the stratification buys (a test split short of a
+# rare finding would score it on a handful of cases). No patient is in two splits: the assert
+# above stops the lesson if one is.
+#
 # ## 10. The dataset card
 #
 # Every dataset a model learns from deserves a card (the review's guideline for dataset
@@ -304,6 +329,11 @@ for f in D.FINDINGS:
     print(f"{f:18s}" + "".join(f"{site['prevalence'][f]:18.2f}" for site in summary["sites"].values()))
 
 # %% [markdown]
+# In the last table, read a row across the sites. Devices, effusions and edema are more common at
+# the ICU, and "No Finding" less so: how common a finding is depends on where the study was taken.
+# That is the case-mix half of a site shift; the scanner half is the figure of section 6. A test
+# set from one hospital inherits both, which is why lesson 12 tests on a site no model has seen.
+#
 # ## 11. Real data, one parameter away
 #
 # SynthCXR is the default so every lesson runs anywhere. The course's loaders for real datasets

@@ -110,6 +110,12 @@ plt.title(f"max_text_len = {P.max_text_len}; {truncated:.0%} of reports truncate
 plt.tight_layout()
 
 # %% [markdown]
+# Look at the right edge of the histogram and at the title. Reports longer than `max_text_len`
+# are cut and pile up at the limit; a cut report loses its end, which is its IMPRESSION. If the
+# title's fraction is small, the limit costs little text and keeps every batch short; if it is
+# large, a model would never read the conclusions. The spread of lengths is also the padding a
+# batch carries, which lesson 05 saves by batching reports of similar length.
+#
 # ## 2. Patches
 #
 # A Vision Transformer reads an image as a sequence of square **patches**, each flattened to a
@@ -138,6 +144,11 @@ fig.suptitle(f"{grid * grid} patches of {P.patch_size}x{P.patch_size} px", fonts
 fig.tight_layout()
 
 # %% [markdown]
+# Read the grid as the ViT does, row by row, one token per square. No single patch holds a heart
+# or a lung: anything larger than a patch the transformer must assemble by attending across
+# patches. A small nodule, on the other hand, fits inside one patch, mixed with whatever else
+# that square holds; lesson 03 comes back to findings smaller than a patch.
+#
 # ## 3. Attention, and the ViT
 #
 # Each token (patch) looks at every other and takes a weighted average of their values:
@@ -286,6 +297,11 @@ plt.title("warmup, then cosine decay", fontsize=9)
 plt.tight_layout()
 
 # %% [markdown]
+# The warmup keeps the first updates small while AdamW's running averages of the gradients still
+# mean little; the cosine then lowers the rate smoothly to a floor of a tenth of the peak
+# (`min_lr_ratio=0.1`), so the last steps refine instead of jumping around. Every lesson's
+# training uses this shape, stretched to its own number of steps.
+#
 # A first run of the loop: a ViT with a linear head, multi-label binary cross-entropy on the
 # nine pathologies, on a fifth of the training studies for a few steps, evaluated on the
 # validation split as it trains. `fit` takes a model, a loss function `loss_fn(model, batch)` and
@@ -351,12 +367,22 @@ for fraction, result in baseline.items():
     medmm_lite.record(f"supervised_auroc_{round(fraction * 100)}pct", result["macro"])
 
 # %% [markdown]
+# Read the column from the top. More labels should mean a better model: the lesson's bounds ask
+# that 10% of the labels beat 1%, and whether 100% ends above 10% moves with the seed at this
+# budget (section 6 comes back to it). The 1% and 10% rows are the numbers every pretraining
+# lesson tries to beat with reports instead of labels.
+#
 # The 100% run's training loss (the History that `fit` returned, cached with the model):
 
 # %%
 baseline[1.0]["history"].plot();
 
 # %% [markdown]
+# Look at the last steps: if the smoothed loss is still falling there, the run stopped for lack of
+# steps, not for lack of anything left to learn, which is what "still learning when the steps run
+# out" above means. A loss that had flattened long before the end would say the opposite: more
+# steps would buy nothing.
+#
 # ### What the stem is worth
 #
 # Section 3 gave the ViT a convolutional stem. Is it worth it? Train two more models with all the
@@ -449,6 +475,10 @@ print(f"test AUROC at 100% labels: {point:.3f} (95% bootstrap interval {low:.3f}
 assert low <= point <= high
 
 # %% [markdown]
+# Keep the interval's width in mind whenever two models are compared on this test set: two AUROCs
+# closer together than that may differ only by which studies happened to be in it. That is why
+# later lessons compare methods with *paired* intervals, not by their points.
+#
 # ## 7. The report labeler
 #
 # Reports are the free supervision of this course, and also how generated reports are scored
@@ -487,6 +517,11 @@ medmm_lite.record("labeler_agreement", float(agreement.mean()))
 assert agreement.min() > 0.98
 
 # %% [markdown]
+# Every row is close to full agreement (the assert stops the lesson if any finding falls below its
+# bar). That matters later: when lessons 05 and 07 score generated reports with this labeler, a
+# low clinical F1 is the generator's fault, not the labeler's. On real reports a rule-based
+# labeler makes more mistakes, and its mistakes become the metric's.
+#
 # `clinical_f1` compares the findings of two reports: 1.0 for the same findings in other words,
 # lower when a finding is missed or invented. Lexical metrics (BLEU) do not see the difference
 # between "no effusion" and "effusion"; lesson 05 measures it.

@@ -94,6 +94,11 @@ for i in train_idx[:2].tolist():
     print(f"study {i}: {cohort.reports[i]}\n")
 
 # %% [markdown]
+# Read a report against its image: nothing says which sentence belongs to which part of the film,
+# and most sentences are about findings that are *not* there. That is all the supervision this
+# lesson uses. Whatever the model learns about where an effusion is, it must find out from
+# thousands of such pairs, without a single label or box.
+#
 # ## 2. SimCLR: contrast an image with itself
 #
 # SimCLR (Chen et al. 2020) needs no second modality. It draws two random augmentations of each
@@ -117,6 +122,11 @@ show_images(views, titles=["original"] * 4 + ["SimCLR recipe"] * 4 + ["mild view
             ncols=4, size=1.8);
 
 # %% [markdown]
+# Compare each column from top to bottom. The SimCLR recipe can crop away or blur the very thing
+# that tells one chest from another, so finding the twin becomes guesswork for a small model; the
+# two mild views still show the same heart and the same lung bases. The encoder can only learn
+# what the two views of a pair have in common, so the augmentations decide what it learns.
+#
 # The loss is **NT-Xent** (normalised temperature-scaled cross-entropy). With N images there are
 # 2N views; each view's embedding $z_i$ is L2-normalised and compared with the other 2N-1:
 #
@@ -366,6 +376,11 @@ fig.colorbar(im, ax=ax)
 fig.tight_layout()
 
 # %% [markdown]
+# Look along each row: is its square brighter than every other cell of the row? Where it is, the
+# model picks the right impression for that image among these. A bright cell off the
+# diagonal is not always a mistake: two different impressions that name the same finding should
+# be close. The numbers below count, over the whole test set, how often the true pair wins.
+#
 # **Recall@K**: the fraction of queries whose own partner is among the K most similar candidates,
 # from image to text (i2t) and from text to image (t2i). A random ranking gets K/N.
 
@@ -417,6 +432,11 @@ for rank, j in enumerate(top, 1):
     print(f"{rank}. sim {similarity[query, j]:.2f} {mark} {test_impressions[j]}")
 
 # %% [markdown]
+# Check the three impressions against the query's findings, not against its own report: with
+# dozens of look-alike studies in the test set, an impression of another study that names the
+# same findings is as right an answer as the query's own, and one that names a finding the image
+# does not have is wrong whatever its rank.
+#
 # **Try it: the retrieval browser.** Pick any test study and read its nearest impressions, or flip
 # the direction, pick an impression and see its nearest images. In a running notebook the view
 # redraws as you choose; saved (here, on GitHub) it is one static query, a study with cardiomegaly.
@@ -521,6 +541,12 @@ print("largest gains from report prompts:",
       ", ".join(f"{n} {g:+.2f}" for n, g in sorted(gains.items(), key=lambda kv: -kv[1])[:3]))
 
 # %% [markdown]
+# Read the validation column first: it chose the arm, and the test column of the other two arms
+# only shows what that choice was worth (choosing on test would flatter the winner). Then the
+# bars: a finding whose bar falls below the dotted line is ranked *backwards* by its prompts,
+# worse than no model at all; the cell above names those findings, and the paragraph after the
+# playground explains how a prompt can do that.
+#
 # **Try it: the prompt playground.** Type a positive and a negative prompt for a finding: the view
 # embeds them, scores every test image, and shows the test AUROC of your pair and the six images it
 # ranks highest (`pos` in a title: the finding is there). Saved, it shows the first prompt pair of the
@@ -639,6 +665,11 @@ print(f"{'CLIP, symmetric, T = 0.1':28s}" + "".join(f"{v:17.3f}" for v in sweep[
 print(f"{'ConVIRT, 0.75 i2t, T = 0.1':28s}" + "".join(f"{v:17.3f}" for v in convirt.values()))
 
 # %% [markdown]
+# If ConVIRT's weighting does what it claims, it shows in the i2t column (its image anchors get
+# three times the weight) more than in the t2i one. If both columns move together, or by no more
+# than the temperatures of section 7 moved them, one short run of each cannot tell the two losses
+# apart.
+#
 # ## 9. Does pretraining pay off? Label efficiency
 #
 # The review's question: with few labels, does a pretrained encoder beat training from scratch?

@@ -388,6 +388,11 @@ fig.colorbar(scale, ax=axes, shrink=0.6, label="attention, in units of a flat ma
 plt.show()
 
 # %% [markdown]
+# For each study, ask two things: does the local map's bright spot fall inside the box, and is it
+# brighter than the global map's? A map whose peak is near 1.00x points nowhere, whatever its
+# brightest patch happens to be. A handful of examples proves nothing either way; the pointing
+# game of section 8 counts hits over every test trial.
+#
 # **Try it: the attention viewer.** The maps above are of the naming word. Every word has one: pick
 # a study of the examples above and a word of its sentence ("left", "small", "the"), and see where
 # the local model's word looks (each map on its own colour scale again). Saved, it shows the first
@@ -433,6 +438,12 @@ ax.legend(fontsize=8)
 fig.tight_layout()
 
 # %% [markdown]
+# Read the printed lines against the first one: random attention is the floor, and the lesson's
+# bounds ask the local model to point above it. Whether it also points above the global-only
+# model changes from one training run to the next (section 11). In the chart, compare each bar
+# with its black tick, the random floor of that finding (a large box is easy to hit by chance),
+# and read the n under each name: a finding with few trials moves a lot by luck.
+#
 # ## 9. Zero-shot classification
 #
 # No labels: compare each test image's global embedding with a positive and a negative prompt per
@@ -467,6 +478,12 @@ ax.legend(fontsize=8)
 fig.tight_layout()
 
 # %% [markdown]
+# The second number of each printed line is the lesson's question in zero-shot form: the mean over
+# the three small findings. If the local arm's bars for Lung Lesion, Pneumothorax and Fracture
+# stand above the global arm's, aligning words with regions helped the global embedding where the
+# lesson expects it to; if not, what the local loss learned did not reach the global embedding,
+# which is all a zero-shot prompt uses. Bars near the dotted line are findings neither arm finds.
+#
 # ## 10. Linear probes, and the supervised baseline
 #
 # Freeze each image encoder, train a linear probe on 1%, 10% and 100% of the training labels
@@ -505,6 +522,12 @@ axes[0].legend(fontsize=8)
 fig.tight_layout()
 
 # %% [markdown]
+# Read the left panel at 1%, where labels are scarcest: a pretrained arm near or above lesson 01's
+# supervised line there is pretraining paying off. The right panel asks the same for the small
+# findings alone, where a local loss should help if it helps anywhere; compare its two pretrained
+# lines with each other before comparing them with the supervised one. Section 11 prints the
+# gaps; the probe gaps come without an interval, so read a small one as noise.
+#
 # ## 11. What the numbers say, and why
 #
 # First the verdicts. A difference counts when the 95% bootstrap interval of the *paired*

@@ -144,6 +144,11 @@ for ax, ratio in zip(axes[1:], ratios):
 fig.tight_layout()
 
 # %% [markdown]
+# At 50% most structures still show through the gaps, and a hidden patch can be filled in from
+# its neighbours. At 90% only scattered patches of the chest are left. The ratio decides how much
+# the model must *know* about chests rather than interpolate; section 3 trains at 75% and then
+# tests all three.
+#
 # ## 2. The MAE loss
 #
 # The target is the pixels of the removed patches; the loss is their mean squared error,
@@ -217,12 +222,20 @@ medmm_lite.record("mae_loss_ratio", last / first)
 assert last < first, "the MAE loss should fall"
 
 # %% [markdown]
+# The loss falls far below where it started (the assert stops the lesson if it does not fall). Its
+# scale has a meaning: the targets are standardised patches, so predicting a flat patch, the
+# patch's own mean, scores about 1. Whatever the curve ends below 1 is structure inside hidden
+# patches (an edge, a rib, a border) that the model predicts from the visible ones.
+#
 # ### Reconstructions
 #
 # The trained model, on test images it never saw, asked to fill in 50%, 75% and 90% of the
 # patches. As in MAE's own figures, the visible patches are pasted back. Because the model
 # predicts *normalised* patches, each predicted patch is shown with the brightness (mean and
-# spread) of the true patch: the figure shows the structure the model predicted.
+# spread) of the true patch: the figure shows the structure the model predicted. Look at the
+# outlines, not the texture: where the heart border or a diaphragm crosses hidden patches, does
+# the MAE continue it? A model trained on squared error predicts the average of the plausible
+# patches, which is smooth, so fine texture never comes back.
 
 # %%
 rows = []
@@ -307,6 +320,11 @@ medmm_lite.record("mlm_loss_ratio", mlm_loss_ratio)
 assert mlm_loss_ratio < 1, "the MLM loss should fall"
 
 # %% [markdown]
+# The word loss falls steeply: most words of a report follow from the words around them. That is
+# the language of the reports, learned without an image; it is also the bar the multimodal model
+# of section 5 must clear, since a model that guesses words from the text alone has no reason to
+# look.
+#
 # What does it predict? We hide a finding, severity or laterality word in test reports and look
 # at the top guesses.
 
@@ -433,6 +451,12 @@ for ax, (name, title) in zip(axes, [("mim", "patch loss (matched)"), ("mlm", "wo
 fig.tight_layout()
 
 # %% [markdown]
+# The two panels on the right test whether the model compares image and report at all. Chance
+# for matching is ln 2 in loss and 50% in accuracy: if the matching loss leaves ln 2 and the
+# accuracy climbs, the [CLS] token tells a study's own image from a stranger's; if both sit at
+# chance, it does not, whatever the patch and word losses do. Section 6 asks the same question
+# with controls.
+#
 # ## 6. Does the other modality help?
 #
 # ### The image fills in words
@@ -470,6 +494,12 @@ ax.legend(fontsize=7, ncol=2)
 fig.tight_layout()
 
 # %% [markdown]
+# In the table and the chart, compare *with image* with *shuffled image*, not with *without
+# image*: only the first gap is what the model read from the image; the second mixes that with
+# the model's reaction to an input it never trained on. The grey bar, the text-only MLM, shows how
+# much of the task the language alone solves. Look hardest at the severity and laterality rows:
+# those are the words only the image can settle.
+#
 # Accuracy only moves when a guess flips. A more sensitive, paired measure: for every hidden word,
 # how much more probable does the own image make the true word than a shuffled image does
 # (the difference of log-probabilities, averaged, with a 95% interval)?
@@ -490,6 +520,11 @@ for name in ("all", *fill["by_group"]):
 medmm_lite.record("fill_in_logprob_gain_vs_shuffled", paired_gain(log_prob["with_image"], log_prob["shuffled_image"])[0])
 
 # %% [markdown]
+# Read the first pair of each line, with its +-: a gain smaller than its interval is no evidence
+# that the model reads the image, and a positive gain whose interval clears zero is. The second
+# pair (own against no image) mixes reading with the model's reaction to a missing input, so a
+# gain there alone proves nothing.
+#
 # ### The report fills in patches
 #
 # Now the reverse: hide 75% of each test image's patches (the same patches in every condition)
@@ -512,6 +547,12 @@ for part in ("all", "in_boxes"):
 medmm_lite.record("recon_gain_over_mean_image", recon["all"]["reference"] - recon["all"]["with_report"])
 
 # %% [markdown]
+# Lower is better in every column. The lesson's bounds ask the own-report column to beat the mean
+# image on all hidden patches: the M3AE paints them better than pasting the average chest. The
+# question of this section is the next comparison, own report against shuffled: only a gap
+# there, and most of all in the `in_boxes` row, where the report describes what is drawn, says
+# the model reads the report.
+#
 # What the M3AE paints, for three test studies with findings: the same patches hidden, once with
 # the study's own report and once with another study's.
 
@@ -540,6 +581,11 @@ for row, k in enumerate(best):
 fig.tight_layout()
 
 # %% [markdown]
+# Compare the two painted columns with each other, not with the original. If the own report's
+# painting shows what the report says (a white lung base, a large heart) and the shuffled one's
+# does not, the report steered the brush; if the two are alike, the model paints from the
+# visible patches alone.
+#
 # ### A toy where only the image knows
 #
 # On SynthCXR the report alone predicts most hidden words, and the words only the image can

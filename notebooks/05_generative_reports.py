@@ -272,6 +272,12 @@ plt.setp(ax.get_xticklabels(), rotation=30, fontsize=8)
 fig.tight_layout()
 
 # %% [markdown]
+# Read which words top the chart. If they are finding, side and size words, the decoder uses the
+# image where a radiologist would; words that every report shares ("no", "is", "normal") follow
+# from the text and leave the image nothing to add. Each bar averages every time the word is a
+# target, so a word seen only a few times (the chart keeps those seen at least the number in its
+# title) moves most by luck.
+#
 # ## 6. Decoding: three ways to write
 #
 # Now without the true report. The decoder starts from `[BOS]`, picks a token, feeds it back, and
@@ -341,6 +347,13 @@ for k in shown:
     print()
 
 # %% [markdown]
+# First the counts of different reports. Greedy and beam search are deterministic, so a decoder
+# that ignores the image writes one report for every patient; a count far above one says the
+# reports depend on the image (the lesson's bounds ask greedy decoding for at least a fifth as
+# many different reports as test images). Sampling's count is high whether or not the image
+# steers it. Then read the three studies finding by finding against TRUE, not word by word: a
+# finding in a generated report that the labels lack is a hallucination, which section 9 counts.
+#
 # ## 7. Scores, and what they must beat
 #
 # * **BLEU-4**: the geometric mean of 1- to 4-gram precisions against the true report, pooled over
@@ -507,6 +520,12 @@ for title, k in (("HIGH ROUGE-L, CLINICAL F1 = 0 (red)", fluent_wrong[:1]),
         print(wrap("BEAM: " + generated["beam"][k]), "\n   ", label_report(generated["beam"][k]), "\n")
 
 # %% [markdown]
+# In the scatter, per-report clinical F1 takes only a few values (a report names few findings),
+# so the points form bands. If the two metrics agreed, high ROUGE-L would go with high clinical
+# F1; look instead at the right end of the bottom band: fluent reports, full of shared words,
+# that get every finding wrong. The circled reports, printed above, are the two extremes: fluent
+# and wrong (red), plainly worded and right (green).
+#
 # ## 9. Hallucinated findings
 #
 # A **hallucinated** finding: the generated report states it (positive or hedged), and the image
@@ -586,6 +605,12 @@ for row, k in zip(axes, picks):
 fig.tight_layout()
 
 # %% [markdown]
+# Read each generated report against the true findings beside it, finding by finding, and check
+# both against the labels over the image. A finding in both columns is the model reading the
+# image; one in the generated column only is a hallucination of the kind section 9 counted. The
+# first rows are the studies of section 6; a last row, when this run has one, is section 8's
+# fluent report with a clinical F1 of 0.
+#
 # ## 11. The control: the same decoder on an encoder trained from scratch
 #
 # Was it the pretrained encoder? Train the same captioner, same steps, data and learning rate,

@@ -220,6 +220,11 @@ ax.set_title("DDPM training loss", fontsize=10)
 fig.tight_layout()
 
 # %% [markdown]
+# Trust the printed pair more than the curve. On the same test images, steps and noise, the
+# trained network's loss is a small fraction of the untrained one's (the assert asks for under
+# half, the lesson's bounds for much less): it has learned to tell noise from chest. The curve's
+# spread is the mix of easy and hard steps in each batch, not an unstable run.
+#
 # ## 4. Sampling with DDIM
 #
 # DDPM samples by running all 1000 steps backwards. **DDIM** (Song et al. 2021) takes a few
@@ -473,6 +478,10 @@ for r, i in enumerate(show):
 fig.tight_layout()
 
 # %% [markdown]
+# Follow each lesion across a row: bright on T2 and FLAIR, and on T1 only a faint darker spot, if
+# you can find it at all. That faint spot is all a T1 -> T2 model has to go on; section 8 asks
+# whether it is enough.
+#
 # Two models. **L1**: the mean absolute error between the predicted and the true T2. **pix2pix**
 # (Isola et al. 2017): the same generator, plus a PatchGAN discriminator that judges (T1, T2)
 # pairs patch by patch; the generator minimises the adversarial term plus $100 \times$ L1, so L1
@@ -524,6 +533,11 @@ fig.suptitle("cyan: the true lesion outline", fontsize=9)
 fig.tight_layout()
 
 # %% [markdown]
+# Look at the error map (right) against the cyan outlines: where is it brightest? Then compare
+# the lesions of the two synthetic T2s with the true one: are they there, and are they as bright?
+# And look for whether pix2pix's T2 is sharper than L1's, the point of its discriminator. Section
+# 8 measures the lesions.
+#
 # ## 8. The lesion: is its contrast reproduced?
 #
 # The reason to acquire a T2 is to see what the T1 shows poorly; a synthetic T2 is only as good as

@@ -193,6 +193,10 @@ assert n_answer_turns == len(pairs), "every turn's answer is trained, not only t
 assert all(l == IGNORE for t, l in zip(ids, labels) if t in (special["user"], special["assistant"], special["image"]))
 
 # %% [markdown]
+# Read the label column down: every -100 sits outside the answers (`[BOS]`, the roles, the image
+# placeholder, the questions), every real label inside them (the answer's words and its `[EOS]`),
+# in every turn, not only the last. The cell's asserts check it.
+#
 # ## 4. The language model: a Hugging Face Llama, pretrained on reports
 #
 # A real VLM starts from an LLM trained on trillions of tokens. Ours is the same class,
@@ -311,6 +315,10 @@ plt.show()
 assert (row_labels[p:p + K] == IGNORE).all() and (row_mask[p:p + K] == 1).all()
 
 # %% [markdown]
+# In the strip, the orange block of K image tokens sits where the single `<image>` placeholder
+# was, and only the green answer positions carry a label: the image tokens are read by every
+# later position, never predicted.
+#
 # ## 7. Stage 1: align the projector
 #
 # Vision encoder and language model frozen; only the projector learns, on image-report pairs in
@@ -350,6 +358,12 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# The three curves are three different tasks, so compare each with its own start, not with the
+# others. The language model and stage 2 each end below half of where they began (the lesson
+# asserts it). Stage 1 only has to fall, and a shallow fall is expected: the language model
+# already knows how reports read, so what the projector can remove is the part of a report only
+# the image can tell.
+#
 # ## 9. Generation with the KV cache
 #
 # To answer, the model extends the prompt one token at a time. Re-reading the whole sequence for
@@ -426,6 +440,11 @@ for k in range(1, 4):
     print("true box:", I.box_to_text(boxes[0]) if boxes else "none", "| impression:", I.report_sections(cohort.reports[i])[1])
 
 # %% [markdown]
+# Read each printed conversation against its truth line: the presence answer against the
+# labels, the box against the true box, the impression against the true one. A few conversations
+# prove nothing either way; section 11 scores hundreds of questions against what a model blind to
+# the image would answer.
+#
 # ## 11. How good are the answers?
 #
 # On test-split questions (other patients), at most `N_EVAL` per kind, presence kept 50/50.
@@ -590,6 +609,12 @@ plt.show()
 print(f"lesson run time so far: {time.perf_counter() - started:.0f} s")
 
 # %% [markdown]
+# Read the printed macro numbers first, then the bars finding by finding. Both classifiers are well
+# above chance (the dashed line) on average, by the lesson's bounds. The VLM learned from
+# questions built from the training labels, CLIP's zero-shot from the reports alone: where the
+# VLM's bar stands above CLIP's, that is what the labels inside the instructions bought, and the
+# stage 1 number shows how much of it needs the instruction tuning of stage 2.
+#
 # ## Summary
 #
 # * A generative VLM is a language model that reads images as tokens: a frozen vision encoder, a

@@ -139,6 +139,11 @@ for name, modules in parts.items():
 print(f"{'all (the embedding is shared)':28s}{count_parameters(model0):>10,}")
 
 # %% [markdown]
+# Compare the rows with what each loss needs. A captioner needs everything but the projection
+# heads; the contrastive half adds only those heads (and the [CLS] token) on top of it. Image
+# encoder, text blocks and embeddings serve both losses, which is CoCa's case for training them
+# together.
+#
 # ## 3. The text tower and its [CLS] at the end
 #
 # Build the unimodal pass by hand. Texts are right-padded, so the appended [CLS] sits after the
@@ -291,6 +296,12 @@ axes[1].set_yscale("log")
 fig.tight_layout()
 
 # %% [markdown]
+# On the left, the contrastive losses against the dotted chance line; on the right, each
+# captioner's training curve (solid) against its validation points (dashed): where they part,
+# the model has started to memorise its training impressions. The contrastive-only model has no
+# captioning curve and the captioning-only model no contrastive one, since a zero-weight part is
+# never run. Mind the table above the figure: equal steps, unequal seconds.
+#
 # ## 6. Retrieval: does the shared space work?
 #
 # Embed every test image and every test report; rank the reports for each image (image -> text)
@@ -325,6 +336,11 @@ for name, key in (("CoCa", "coca"), ("contrastive only", "contrastive")):
 assert all(r["i2t"][10] > 10 / len(test_idx) for r in retrieval.values())
 
 # %% [markdown]
+# Both rows are far above chance (the lesson's bounds ask it). The comparison that matters is
+# CoCa against the contrastive-only model: the same contrastive half, so a gap between them is
+# what the captioning loss beside it did to the shared space. Section 10 gives that gap an
+# interval.
+#
 # ## 7. Zero-shot classification
 #
 # No labels: embed a positive and a negative prompt per finding ("Pleural effusion." / "No pleural
@@ -351,6 +367,11 @@ ax.legend(fontsize=8)
 fig.tight_layout()
 
 # %% [markdown]
+# Both models read their prompts above chance on average (the lesson's bounds). Compare the two
+# bars of each finding: if CoCa's and the contrastive-only model's are close, the captioning loss
+# neither helped nor hurt the shared space for that finding; bars near the dashed line are
+# findings whose hand-written prompts do not work for either.
+#
 # ## 8. Writing reports
 #
 # Does a captioner look at the image at all? Score the test reports with the right images and with
@@ -417,6 +438,13 @@ for k in (int(np.argmax(sick)), int(np.flatnonzero(sick == 1)[0]), int(np.flatno
     print()
 
 # %% [markdown]
+# Read the clinical F1 column against the last row of the table, the most common training
+# report, which never looks at an image: a writer near that row is not reading the image, and
+# the lesson's bounds hold CoCa above its control from scratch. Then the last two columns: a
+# model that writes few different reports is writing the cohort's average, whatever its BLEU,
+# and hallucinations count what it invents. The three studies printed above show what the
+# columns average.
+#
 # ## 9. What did each image encoder learn?
 #
 # Throw the text side away, freeze each ViT and train a linear probe on 1%, 10% and 100% of the
@@ -451,6 +479,11 @@ ax.legend(fontsize=8)
 fig.tight_layout()
 
 # %% [markdown]
+# The two dashed lines are the references: the untrained ViT is the floor, CLIP is where all
+# three trained encoders began. A solid line above the CLIP line means this lesson's training
+# taught the encoder more than lesson 02 had; at or below it, the training changed the encoder
+# without improving what a linear probe reads. The scoreboard below compares them with the rest.
+#
 # ## 10. The scoreboard
 
 # %%

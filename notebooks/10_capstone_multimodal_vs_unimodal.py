@@ -172,6 +172,12 @@ print("(loss: mean of the last 10% of steps over the first 10%, mean over seeds;
       " also when the model is loaded from the cache; M3AE's include its language model and MAE)")
 
 # %% [markdown]
+# Read the table by columns. The loss column says each objective learned something on its own
+# terms (the assert stops the lesson if a loss did not fall), but its values do not compare
+# across arms: every objective has its own chance level and its own floor. Which arm learned
+# something *useful* is for the probes below to say. The seconds column is the cost: equal steps,
+# unequal compute.
+#
 # ## 4. Linear probes, with the same labels for every arm
 #
 # For each seed, `label_subsets` draws the labelled training studies at 1%, 10% and 100% once;
@@ -208,6 +214,10 @@ for arm in arms:
 print(f"{len(arms) * len(budget.seeds) * len(fractions)} probes in {time.perf_counter() - t0:.1f} s")
 
 # %% [markdown]
+# In the small table, read a column down the seeds: at 1% a finding is learned from a handful of
+# positive studies, and which handful changes with the seed. That is why every interval below
+# resamples the seeds as well as the patients, and why 1% is where arms differ most by luck.
+#
 # Check against the course's protocol: `probe_curve` (lessons 02-04) on the same features, seed
 # and fraction gives the same test AUROC.
 
@@ -375,6 +385,12 @@ axes[1].legend(fontsize=7, loc="lower right")
 fig.tight_layout()
 
 # %% [markdown]
+# Start from the dashed line, random init: an arm whose interval sits above it learned something a
+# linear probe can use (section 8 tests that with paired intervals). Then compare the solid lines
+# (image-text) with the dotted ones (image-only) at each fraction. Where their intervals overlap,
+# this figure alone cannot rank them; the paired differences of section 7 can, because what the
+# test patients share cancels in a difference.
+#
 # ## 7. The improvement, Figure 5a style
 #
 # For each protocol and fraction: which image-only arm is the best? We choose it on the
@@ -407,6 +423,11 @@ for (protocol, f), table in improvements.items():
                                                for a in TEXT))
 
 # %% [markdown]
+# Read each row's interval, not its point: an improvement whose interval contains zero is not
+# detected at this budget, whatever its sign. The second table puts every image-text arm against
+# the same reference: if most of them clear zero, the gain belongs to image-text pretraining; if
+# only one does, it belongs to that arm.
+#
 # The review's +0.050 is not a best-versus-best number: it averages, over published studies, a
 # multimodal method minus a unimodal one. The closest thing here is the **mean over the image-text
 # arms minus the mean over the image-only arms**, every arm counted, none chosen: paired within each
@@ -456,6 +477,13 @@ axes[0].set_ylabel("AUROC improvement (95% interval)")
 fig.tight_layout()
 
 # %% [markdown]
+# Look for the bars whose error bar clears the black zero line, then set them against the red
+# dashed line, the review's average: among them, one below the red line is a detected gain
+# smaller than the review's. A bar whose error bar crosses zero is no detected difference,
+# whichever way it points. Within one group, compare the three fractions: if the gain shrinks as
+# the labels grow, the second modality is worth most where labels are scarce, as the review
+# argues.
+#
 # ## 8. What the result says
 #
 # A verdict per protocol and fraction, read off the interval of the best image-text arm minus the

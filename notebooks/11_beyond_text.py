@@ -133,6 +133,11 @@ fig.colorbar(im, ax=ax, fraction=0.04)
 fig.tight_layout()
 
 # %% [markdown]
+# Find each row's brightest cell. Each of the four lab-informed findings has a lab that ranks it
+# well on its own; the other five rows stay below that bar (the assert above checks both), and
+# what signal they show is weak or borrowed from the findings they travel with. That split is the
+# prediction the rest of the lesson tests: a second modality can teach only what it knows about.
+#
 # ## 2. Contrastive pretraining of images against labs
 #
 # CLIP (lesson 02) with the labs in the text's place. An image tower (the course's ViT) and a
@@ -206,6 +211,12 @@ print(f"image-labs CLIP loss {np.mean(h.loss[:10]):.2f} -> {h.final_loss:.2f} "
 assert h.final_loss < np.log(P.batch_size) - 0.3, "the image tower must learn to pick its labs out of the batch"
 
 # %% [markdown]
+# The image-labs loss falls below the chance line (the assert asks for a clear margin) but stays
+# far above zero: four noisy numbers cannot single out one study in a batch, so the loss can only
+# fall as far as the labs tell studies apart. SimCLR's loss has its own chance level, so do not
+# compare the two curves' heights; each says only that its objective learned, and the probes
+# below say what.
+#
 # ### Probing per finding, with intervals
 #
 # A linear probe on each frozen encoder (nine sigmoid outputs, the training split's labels), AUROC
@@ -483,6 +494,10 @@ for r, i in enumerate(show):
 fig.tight_layout()
 
 # %% [markdown]
+# Follow each lesion from T2, where it is plain, to T1, where it is at most a faint darker spot.
+# A T1 encoder that finds lesions must have learned that faint trace; pretraining against T2 is
+# meant to teach it, since the T2 partner of a lesion patch is unlike any other patch.
+#
 # The global pair loss is section 2's CLIP loss with a T2 tower in the labs tower's place, and the
 # dense loss is the same InfoNCE over patch tokens (fixed temperature): the hand-written pieces
 # give the library's step.
