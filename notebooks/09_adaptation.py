@@ -130,6 +130,12 @@ assert (labels[regimes[f"few-shot (k={FEW_SHOT_K})"]].sum(0) >= FEW_SHOT_K).all(
 assert all((labels[s].sum(0) >= 1).all() for s in regimes.values())
 
 # %% [markdown]
+# Read the positives column by column. The few-shot row has at least `FEW_SHOT_K` positive
+# studies for every pathology (the assert checks it), while 1% of the studies drawn at random may
+# leave a rare finding with the single positive the top-up guarantees. Every method below must
+# learn each finding from these few positives, so expect the noisiest results in the first two
+# rows.
+#
 # ## 3. Frozen encoder + linear head: the linear probe
 #
 # The cheapest adaptation trains no encoder weight at all. The frozen encoder runs once over every
@@ -157,6 +163,10 @@ for name, probe in probes.items():
     print(f"probe, {name:16s} test macro AUROC {pathology_auroc(test_labels, probe.test_scores)['macro']:.3f}")
 
 # %% [markdown]
+# These four lines are the floor of everything that follows: every fine-tuning run below starts
+# from its regime's probe (section 5), so what a method gains over these numbers is what moving
+# the encoder's own weights bought.
+#
 # ## 4. What each fine-tuning method trains
 #
 # Fine-tuning methods differ in *which parameters move*. `medmm_lite.adapt.prepare(encoder, method)`
@@ -225,6 +235,10 @@ medmm_lite.record("lora_trainable_fraction", trainable["lora"] / total)
 medmm_lite.record("partial_trainable_fraction", trainable["partial"] / total)
 
 # %% [markdown]
+# The counts span orders of magnitude, from a head alone to every weight, in the order the assert
+# fixes: probe, LoRA, partial, full. Keep the column in mind for section 10, which asks whether
+# the AUROC follows the parameter count.
+#
 # ## 5. Start the head from the probe (LP-FT)
 #
 # A fine-tuning run that starts from a *random* head sends large, meaningless gradients into the
@@ -460,6 +474,13 @@ for method in ("linear probe", "full fine-tuning", f"LoRA (r={LORA_RANK})"):
 print(f"lesson time so far: {time.perf_counter() - lesson_started:.0f} s")
 
 # %% [markdown]
+# In the figure, read the x-axis as labelled studies on a log scale, and the error bars (at 1%
+# and 100%) as 95% intervals: where two methods' bars overlap, this run cannot rank them there.
+# The dashed horizontal line is zero-shot prompting (no labels), the star the VLM (questions
+# built from every label). On the right, trainable parameters, again on a log scale, with each
+# method's training time: a method that trains a small fraction of the weights and lands inside
+# another's interval is the cheaper choice.
+#
 # Three comparisons carry the story; here they are as numbers (the 95% intervals of the 1% and
 # 100% points say how large a difference must be to mean something):
 
