@@ -64,7 +64,7 @@ from medmm_lite import fusion as FU
 from medmm_lite.adapt import Classifier, extract_features, linear_probe, pathology_auroc, train_classifier
 from medmm_lite.adapt.protocol import PATHOLOGY_COLUMNS
 from medmm_lite.backbones import image_encoder
-from medmm_lite.eval import auroc
+from medmm_lite.eval import auroc, bootstrap_ci
 from medmm_lite.eval import decision as DC
 from medmm_lite.eval import fairness as FA
 from medmm_lite.eval import planted as PL
@@ -154,9 +154,8 @@ assert abs(FA.weighted_auroc(y_k, s_k, w[0])[0] - auroc(y_k[repeated], s_k[repea
 print("weighted AUROC matches: by hand, the library, and the AUROC of the repeated rows")
 
 # %% [markdown]
-# How much wider is the patient interval than the study interval? A study bootstrap (what the
-# library's `bootstrap_ci` does: resample rows) is the same resampler with every study its own
-# "patient"; `subgroup_auroc` resamples the real patients. The answer is
+# How much wider is the patient interval than the study interval? The library's
+# `bootstrap_ci` resamples rows (studies); `subgroup_auroc` resamples patients. The answer is
 # a measurement, not a rule: in SynthCXR chronic findings persist across a patient's visits,
 # but acute ones and every image are drawn anew, and half the patients have a single study.
 # Read the ratio printed above: near 1, the difference is within the bootstrap's own noise. The
@@ -164,9 +163,8 @@ print("weighted AUROC matches: by hand, the library, and the AUROC of the repeat
 # patient is the study interval badly overconfident.
 
 # %%
-study_weights = FA.patient_bootstrap_weights(np.arange(len(test_idx)), N_BOOT, seed=SEED)   # bootstrap_ci's resamples
-study_ci = (FA.macro_auroc(Y[test_idx], scores[test_idx]),
-            *FA.interval(FA.macro_auroc(Y[test_idx], scores[test_idx], study_weights)))
+macro = lambda y, s: FA.macro_auroc(y, s)               # noqa: E731
+study_ci = bootstrap_ci(macro, Y[test_idx], scores[test_idx], n_boot=N_BOOT, seed=SEED)
 by_all = FA.subgroup_auroc(Y[test_idx], scores[test_idx], np.zeros(len(test_idx)),
                            cohort.patient_ids[test_idx], n_boot=N_BOOT, seed=SEED)["all"]
 print(f"test macro AUROC {study_ci[0]:.3f}: study bootstrap [{study_ci[1]:.3f}, {study_ci[2]:.3f}], "
