@@ -360,8 +360,9 @@ fig.tight_layout()
 
 # %% [markdown]
 # At this budget (half a minute of training in smoke, a few minutes in cpu) many samples are still
-# grainy: the model has learned the layout of a chest, and the prompts change it (the cardiomegaly
-# row's heart is larger), but not yet the texture of a clean image. To the eye the effusion and
+# grainy: the model has learned the layout of a chest, and the prompts are meant to change it
+# (compare the width of the heart in the cardiomegaly row with the other rows), but not yet the
+# texture of a clean image. To the eye the effusion and
 # no-finding rows differ little. The classifier does not care about looks, only about what it
 # learned from real effusions; that is the point of measuring.
 #

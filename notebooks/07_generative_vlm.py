@@ -527,10 +527,11 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# **What the answers use.** Presence is read from the image: its accuracy is well above 0.5 and
-# falls to about 0.5 when the model is shown another study's image. Side is read from it a
-# little: above the majority answer and the blind control, far below presence. Size is not, at
-# this budget: its accuracy is that of the majority answer. Side and size are *local* properties
+# **What the answers use.** Presence is read from the image: its accuracy is well above 0.5 (a
+# bound of this lesson) and falls towards the blind control's when the model is shown another
+# study's image. For side and size, compare each bar with the majority answer and the blind
+# control beside it: where they are level, the answer is not read from the image at this budget
+# (the lesson's bounds hold side above the majority answer, nothing more). Side and size are *local* properties
 # (which half of the chest, how much of it), and the frozen CLIP ViT was only ever trained
 # through its pooled global feature: nothing asked its patch tokens to say *where* something
 # is. That is the gap local alignment (lesson 03) fills, and why LLaVA-Med and MAIRA-2 start from

@@ -307,11 +307,12 @@ ax.set_title("image-labs CLIP minus SimCLR, linear probe per finding (95% CI); o
 fig.tight_layout()
 
 # %% [markdown]
-# Read the bars, not only the macro. Overall, image-labs CLIP and SimCLR come out about level (the
-# macro line), but that average hides a split by finding, and the split is the lesson. On the
+# Read the bars, not only the macro. The macro line compares image-labs CLIP and SimCLR overall,
+# but that average hides a split by finding, and the split is the lesson (a bound of this lesson:
+# the gain on the findings a lab measures exceeds the gain on the others by at least 0.05). On the
 # findings a lab measures (BNP, WBC, temperature, SpO2: cardiomegaly, consolidation, edema,
-# pneumothorax) image-labs CLIP gains, with intervals above zero; on several findings no lab
-# measures (an effusion, devices, a lung lesion) it loses, intervals below zero. The loss asks the
+# pneumothorax) look for image-labs CLIP's gains; on findings no lab measures (an effusion,
+# devices, a lung lesion) for where it loses. The loss asks the
 # image tower for what predicts the labs, and at a fixed budget the tower spends its capacity
 # there, while SimCLR's views ask for everything that survives augmentation. The last printed
 # lines put a number with an interval on the split. So: a second modality teaches the image
@@ -612,14 +613,14 @@ fig.suptitle("predicted lesion (red) vs true outline (cyan), from frozen T1 feat
 fig.tight_layout()
 
 # %% [markdown]
-# Read the intervals of the last four lines. The T1 encoder pretrained against T2 detects lesions
-# from T1 alone better than SimCLR on T1 and than an untrained ViT, and segments them better than
-# SimCLR; against the untrained ViT its Dice gain is small, its interval touching zero. Two more
-# things to read. SimCLR is *below* the untrained ViT: its objective rewards what survives
-# augmentation of the whole slice (head shape and size, ventricles) and washes out small local
-# detail that a random projection of the pixels still keeps. And the global feature knows nothing
-# about lesions for any of the three (its AUROC near 0.5): a few pixels do not move a pooled
-# vector. Exercise 4 asks which of the two T1<->T2 losses does the work. In the smoke profile
+# Read the intervals of the last four lines. The lesson's bounds hold the T1 encoder pretrained
+# against T2 above SimCLR on T1, in detection and in segmentation; against the untrained ViT, read
+# whether each interval clears zero. Two more things to read. Where SimCLR is *below* the
+# untrained ViT, its objective rewarded what survives augmentation of the whole slice (head shape
+# and size, ventricles) and washed out small local detail that a random projection of the pixels
+# still keeps. And where the global feature's AUROC is near 0.5 it knows nothing about lesions: a
+# few pixels do not move a pooled vector. Exercise 4 asks which of the two T1<->T2 losses does the
+# work. In the smoke profile
 # (32 px, lesions of ~7 px, 150 steps) the three encoders cannot be told apart: every
 # interval covers zero.
 #
