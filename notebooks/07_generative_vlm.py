@@ -530,12 +530,39 @@ plt.show()
 # **What the answers use.** Presence is read from the image: its accuracy is well above 0.5 (a
 # bound of this lesson) and falls towards the blind control's when the model is shown another
 # study's image. For side and size, compare each bar with the majority answer and the blind
-# control beside it: where they are level, the answer is not read from the image at this budget
-# (the lesson's bounds hold side above the majority answer, nothing more). Side and size are *local* properties
-# (which half of the chest, how much of it), and the frozen CLIP ViT was only ever trained
-# through its pooled global feature: nothing asked its patch tokens to say *where* something
-# is. That is the gap local alignment (lesson 03) fills, and why LLaVA-Med and MAIRA-2 start from
-# encoders trained on many more images. The same shows in grounding below.
+# control beside it: where they are level, the answer is not read from the image. Side and size
+# are *local* properties (which half of the chest, how much of it), and the frozen CLIP ViT was
+# only ever trained through its pooled global feature. Is *where* in its image tokens at all?
+# A linear probe answers without any language model: logistic regression from the same
+# standardised image tokens (and which finding is asked about) to the side, fitted on the
+# training questions, scored on the test questions the VLM answered.
+
+# %%
+from sklearn.linear_model import LogisticRegression
+
+
+def side_probe_inputs(questions):
+    tokens = (features[[q["image"] for q in questions]] - model.feature_mean) / model.feature_std
+    asked = np.array([[q["finding"] == f for f in I.SIDE_FINDINGS] for q in questions], dtype=np.float32)
+    return np.hstack([tokens.flatten(1).numpy(), asked]), [q["answer"] for q in questions]
+
+
+train_side = [q for q in train_questions if q["kind"] == "side"]
+probe = LogisticRegression(C=0.1, max_iter=2000).fit(*side_probe_inputs(train_side))
+side_probe_acc = probe.score(*side_probe_inputs(eval_set["side"]))
+print(f"which side, on the same {len(eval_set['side'])} test questions: linear probe on the frozen image tokens "
+      f"{side_probe_acc:.3f}, the VLM {results['side']['accuracy']:.3f}, majority answer {results['side']['baseline']:.3f}")
+medmm_lite.record("side_probe_acc_frozen_tokens", side_probe_acc)
+
+# %% [markdown]
+# Read the three numbers together. The probe's accuracy is what the frozen tokens hold about the
+# side; where it is well above the majority answer, *where* is in the tokens, and the VLM's
+# shortfall from the probe is what instruction tuning has not yet learned to read through
+# language. That reading is learned late: presence is answered early in stage 2, side and size
+# only after thousands of steps (docs/performance.md measures side accuracy against stage 2's
+# length), which is why this lesson gives stage 2 most of its training. LLaVA-Med and MAIRA-2
+# start from encoders trained on many more images, and local alignment (lesson 03) trains patch
+# tokens to say *where* directly. The same shows in grounding below.
 #
 # **Stage 1 alone cannot follow instructions.** It has only ever written reports after an image,
 # so asked "is there an effusion?" it writes a report: its closed-question accuracy is about
@@ -626,9 +653,10 @@ print(f"lesson run time so far: {time.perf_counter() - started:.0f} s")
 #   not follow instructions.
 # * Closed questions must be balanced and compared with the majority answer and an image-blind
 #   control; boxes written as text can be scored by IoU; open answers by clinical F1 and
-#   hallucination counts, not by word overlap. Here, at this budget, the answers use the image for
-#   *whether* a finding is there, a little for *which side*, not for *how large*: the frozen
-#   encoder's patch tokens were never trained to be local (lesson 03).
+#   hallucination counts, not by word overlap. *Whether* a finding is there is read from the image
+#   early in instruction tuning; *which side* and *how large* late, though a linear probe finds the
+#   side in the frozen image tokens: what the tokens hold and what the VLM has learned to read
+#   from them are two measurements.
 # * Batched generation left-pads the prompts and uses the KV cache; greedy answers with and
 #   without the cache are identical.
 #
