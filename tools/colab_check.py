@@ -183,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="medmm-colab-") as tmp:
         work = args.keep.resolve() if args.keep else Path(tmp)
-        if args.keep and work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
+        if args.keep:  # the temporary folder exists already; a kept one starts empty
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
         venv = work / "venv"
         python = venv / "bin" / "python"
         print(f"[colab-check] pins taken {taken_on()} from Colab's package list; venv in {venv}", flush=True)
