@@ -8,6 +8,8 @@
 # Maintainers:
 #   make colab-check          # a fresh venv shaped like Colab (tools/colab-constraints.txt): install as the
 #                             # setup cell does, assert no preinstalled package changed, run lessons 00 and 07
+#   make gpu-dry-run          # every lesson at the gpu profile's shapes on this CPU, each fit capped at 3 steps
+#                             # (tools/gpu_dry_run.py): shape, dtype and memory errors before a GPU is at hand
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -15,7 +17,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 # make course's profile: auto ($MEDMM_PROFILE, else gpu with CUDA, else cpu), smoke, cpu or gpu.
 PROFILE ?= auto
 
-.PHONY: course test lint colab-check browser lab notebooks exercises book benchmark clean
+.PHONY: course test lint colab-check gpu-dry-run browser lab notebooks exercises book benchmark clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +52,9 @@ lint: $(VENV)/.installed-dev
 # Niced, one thread: it must not slow whatever else this machine runs.
 colab-check: $(VENV)/.installed-dev
 	OMP_NUM_THREADS=1 nice -n 19 $(PY) -m tools.colab_check $(COLAB_CHECK_ARGS)
+
+gpu-dry-run: $(VENV)/.installed-dev
+	$(PY) -m tools.gpu_dry_run $(LESSONS)
 
 # tests/test_browser.py opens the lessons in JupyterLab in headless Chromium. Install Debian's
 # chromium where we can (root with apt-get); elsewhere that test skips and says why.

@@ -53,7 +53,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from . import distributed as dist_utils
-from .train import History
+from .train import History, max_steps
 from .utils import NoSpaceLeftError, atomic_save, atomic_write_bytes, file_lock
 from .utils import cache_dir as default_cache_dir
 
@@ -187,7 +187,8 @@ def cache_key(name: str, key=None, modules=None) -> str:
     except (TypeError, ValueError) as err:
         raise ValueError(f"key must be JSON-able (a dict of strings, numbers, booleans and lists), "
                          f"got {key!r}: {err}") from err
-    payload = f"{HUB_FORMAT}|{name}|{key_json}|{code_version(modules)}"
+    capped = max_steps()  # a dry run's few-step model must never be served for the real one
+    payload = f"{HUB_FORMAT}|{name}|{key_json}|{code_version(modules)}" + (f"|max_steps={capped}" if capped else "")
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -28,7 +28,7 @@ class Profile:
     probe_steps: int      # steps for a linear probe / supervised head
     lr: float
     device: str           # "cpu" or "cuda"
-    amp: bool             # mixed precision (CUDA only)
+    amp: bool             # mixed precision: on with CUDA (the gpu dry run turns it on on a CPU)
     vit_stem: str = "conv"  # how the ViT turns pixels into tokens: "conv" (a small conv stem) or "linear"
     vit_pool: str = "mean"  # the ViT's global feature: "mean" of the patch outputs or the "cls" output
 
@@ -69,7 +69,36 @@ def resolve_profile_name(name: str = "auto") -> str:
 
 
 def profile(name: str = "auto") -> Profile:
-    """The sizes for a profile name: ``smoke``, ``cpu``, ``gpu`` or ``auto``."""
+    """The sizes for a profile name: ``smoke``, ``cpu``, ``gpu`` or ``auto``.
+
+    ``MEDMM_PROFILE_OVERRIDES`` (tests only) changes fields of whichever profile is chosen, e.g.
+    ``"n_studies=1200,amp=true"`` for the gpu profile's dry run on a CPU (``tools/gpu_dry_run.py``).
+    """
     resolved = resolve_profile_name(name)
     device = "cuda" if torch.cuda.is_available() and resolved == "gpu" else "cpu"
-    return Profile(name=resolved, device=device, amp=device == "cuda", **_PROFILES[resolved])
+    P = Profile(name=resolved, device=device, amp=device == "cuda", **_PROFILES[resolved])
+    return P.with_(**parse_overrides(os.environ.get(OVERRIDES_VARIABLE, ""), P))
+
+
+OVERRIDES_VARIABLE = "MEDMM_PROFILE_OVERRIDES"
+
+
+def parse_overrides(text: str, P: Profile) -> dict:
+    """``"n_studies=1200,amp=true"`` -> ``{"n_studies": 1200, "amp": True}``, typed like ``P``'s fields."""
+    changes = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        field, sep, value = (s.strip() for s in item.partition("="))
+        if not sep or field not in Profile.__dataclass_fields__ or field == "name":
+            raise ValueError(f"{OVERRIDES_VARIABLE}: {item!r} is not FIELD=VALUE with a Profile field; "
+                             f"the fields: {', '.join(f for f in Profile.__dataclass_fields__ if f != 'name')}")
+        kind = type(getattr(P, field))
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                changes[field] = value.lower() in ("true", "1")
+            else:
+                changes[field] = kind(value)
+        except ValueError:
+            raise ValueError(f"{OVERRIDES_VARIABLE}: {field} must be a {kind.__name__}, got {value!r}") from None
+    return changes

@@ -14,8 +14,8 @@ once, here, with the details that make small runs reliable:
   shrinking those towards zero hurts and does not regularise.
 * **Linear warmup, then cosine decay to ``min_lr_ratio * lr``** (the schedule of
   BERT, MAE and CLIP), and gradient clipping.
-* **Mixed precision on CUDA**: ``torch.autocast`` in bfloat16 where the GPU
-  supports it, else float16 with a ``GradScaler``.
+* **Mixed precision** (``amp``, on by default on CUDA): ``torch.autocast`` in bfloat16 where
+  the device supports it (CPUs too, when asked), else float16 with a ``GradScaler``.
 * **Channels-last convolutions on CUDA**: a model with real convolutions (a kernel larger
   than its stride: a ResNet, a U-Net; not a ViT's patch embedding) trains in the
   ``channels_last`` memory format, which the GPU's convolution kernels run fastest in under
@@ -436,6 +436,19 @@ class _Settings:
                 "seed": self.seed, "amp": bool(self.amp), "dataset_size": self.dataset_size}
 
 
+MAX_STEPS_VARIABLE = "MEDMM_MAX_STEPS"
+
+
+def max_steps() -> int | None:
+    """The dry run's cap on every ``fit`` (tests only, ``tools/gpu_dry_run.py``): ``MEDMM_MAX_STEPS``."""
+    value = os.environ.get(MAX_STEPS_VARIABLE, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{MAX_STEPS_VARIABLE} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def _settings(model, loss_fn, dataset, eval_fn, *, steps, batch_size, lr, weight_decay, warmup_steps,
               min_lr_ratio, grad_clip, device, amp, seed, eval_every, checkpoint_path, checkpoint_every,
               log_every, grad_accum, rng, stop_after, sync_batchnorm, channels_last, desc) -> _Settings:
@@ -444,7 +457,7 @@ def _settings(model, loss_fn, dataset, eval_fn, *, steps, batch_size, lr, weight
     if launcher is not None:
         checkpoint_path, checkpoint_every, grad_accum, stop_after = launcher.fill(
             desc, checkpoint_path, checkpoint_every, grad_accum, stop_after)
-    steps = _positive_int("steps", steps)
+    steps = min(_positive_int("steps", steps), max_steps() or steps)
     batch_size = _positive_int("batch_size", batch_size)
     log_every = _positive_int("log_every", log_every)
     seed = _positive_int("seed", seed, minimum=0)
@@ -461,7 +474,7 @@ def _settings(model, loss_fn, dataset, eval_fn, *, steps, batch_size, lr, weight
         raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
     if warmup_steps is None:
         warmup_steps = int(round(0.05 * steps))
-    warmup_steps = _positive_int("warmup_steps", warmup_steps, minimum=0)
+    warmup_steps = min(_positive_int("warmup_steps", warmup_steps, minimum=0), max_steps() or warmup_steps)
     if warmup_steps > steps:
         raise ValueError(f"warmup_steps={warmup_steps} is longer than the run (steps={steps})")
     if not callable(loss_fn):
@@ -487,10 +500,11 @@ def _settings(model, loss_fn, dataset, eval_fn, *, steps, batch_size, lr, weight
         device = torch.device("cuda", torch.cuda.current_device())  # this process's own GPU
     if amp is None:
         amp = device.type == "cuda"
-    if amp and device.type != "cuda":
-        warnings.warn("amp=True is for CUDA only; training in float32 on " + str(device), stacklevel=3)
+    if amp and device.type not in ("cuda", "cpu"):
+        warnings.warn(f"amp=True runs on CUDA and CPUs; training in float32 on {device}", stacklevel=3)
         amp = False
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    # bfloat16 where the device has it (CPUs, recent GPUs); float16 with loss scaling on older GPUs
+    amp_dtype = torch.float16 if device.type == "cuda" and not torch.cuda.is_bf16_supported() else torch.bfloat16
     if checkpoint_path is not None and checkpoint_every is None:
         checkpoint_every = max(1, steps // 10)
     if sync_batchnorm is None:
@@ -569,7 +583,7 @@ def _forward_backward(forward, batches: list, step: int, cfg: _Settings, scaler,
         # all-reduce the gradients once, after the last piece
         sync = ddp.no_sync() if ddp is not None and i < len(batches) - 1 else contextlib.nullcontext()
         with sync:
-            with torch.autocast(device_type="cuda", dtype=cfg.amp_dtype) if cfg.amp else contextlib.nullcontext():
+            with torch.autocast(device_type=cfg.device.type, dtype=cfg.amp_dtype) if cfg.amp else contextlib.nullcontext():
                 loss, logs = _split_loss_output(forward(batch), step)
             scaler.scale(loss / len(batches) if len(batches) > 1 else loss).backward()
         losses.append(loss.detach().float())
@@ -749,7 +763,7 @@ def fit(model: nn.Module, loss_fn, dataset, *, steps: int, batch_size: int, lr: 
         min_lr_ratio: the cosine ends at ``min_lr_ratio * lr``.
         grad_clip: maximum global gradient norm; ``None`` or 0 turns clipping off.
         device: default :func:`medmm_lite.get_device` (CUDA when available).
-        amp: mixed precision; default on for CUDA, never on CPU.
+        amp: mixed precision; default on for CUDA, off on CPU (``amp=True`` there autocasts to bfloat16).
         seed: fixes the batch order (and nothing else: seed the model yourself).
         eval_fn: ``eval_fn(model) -> {name: float}``, run in eval mode without gradients every
             ``eval_every`` steps (default: only at the end) and at the end.

@@ -38,6 +38,17 @@ def test_with_changes_one_size():
     assert medmm_lite.profile("smoke").with_(steps=7).steps == 7
 
 
+def test_profile_overrides_from_the_environment_are_typed_and_checked(monkeypatch):
+    monkeypatch.setenv("MEDMM_PROFILE_OVERRIDES", "n_studies=1200, amp=true,lr=0.002")
+    P = medmm_lite.profile("gpu")
+    assert (P.n_studies, P.amp, P.lr, P.dim) == (1200, True, 0.002, 256)
+    for bad, message in (("n_study=3", "not FIELD=VALUE with a Profile field"), ("amp=maybe", "amp must be a bool"),
+                         ("steps=many", "steps must be a int"), ("name=cpu", "not FIELD=VALUE")):
+        monkeypatch.setenv("MEDMM_PROFILE_OVERRIDES", bad)
+        with pytest.raises(ValueError, match=message):
+            medmm_lite.profile("gpu")
+
+
 def test_record_writes_results_file(tmp_path, monkeypatch):
     target = tmp_path / "r.json"
     monkeypatch.setenv("MEDMM_RESULTS", str(target))

@@ -351,8 +351,6 @@ def test_bad_input_is_a_clear_error():
     frozen = _mlp().requires_grad_(False)
     with pytest.raises(ValueError, match="nothing to train"):
         fit(frozen, _mse, data, steps=1, batch_size=4, lr=1e-3, device="cpu", progress=False)
-    with pytest.warns(UserWarning, match="CUDA only"):
-        fit(_mlp(), _mse, data, steps=1, batch_size=4, lr=1e-3, device="cpu", progress=False, amp=True)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -487,3 +485,32 @@ def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path
     reference_history = json.loads((tmp_path / "reference.pt.json").read_text())
     assert resumed_history["steps"] == list(range(1, 41))
     assert resumed_history["loss"] == reference_history["loss"]
+
+
+def test_amp_on_a_cpu_autocasts_to_bfloat16():
+    seen = []
+
+    def loss(model, batch):
+        out = model(batch[0])
+        seen.append(out.dtype)
+        return ((out.float() - batch[1]) ** 2).mean()
+
+    history = fit(_mlp(), loss, _toy_regression(64), steps=2, batch_size=16, lr=1e-3, device="cpu",
+                  progress=False, amp=True)
+    assert seen == [torch.bfloat16] * 2 and all(math.isfinite(v) for v in history.loss)
+    seen.clear()
+    fit(_mlp(), loss, _toy_regression(64), steps=1, batch_size=16, lr=1e-3, device="cpu", progress=False)
+    assert seen == [torch.float32]
+
+
+def test_the_dry_run_cap_shortens_every_fit_and_names_itself_in_cache_keys(monkeypatch):
+    from medmm_lite.hub import cache_key
+    real_key = cache_key("model", {"steps": 600})
+    monkeypatch.setenv("MEDMM_MAX_STEPS", "3")
+    history = fit(_mlp(), _mse, _toy_regression(64), steps=600, batch_size=16, lr=1e-3, warmup_steps=50,
+                  device="cpu", progress=False)
+    assert len(history.loss) == 3
+    assert cache_key("model", {"steps": 600}) != real_key, "a 3-step model must not be cached as the real one"
+    monkeypatch.setenv("MEDMM_MAX_STEPS", "0")
+    with pytest.raises(ValueError, match="MEDMM_MAX_STEPS must be a positive integer"):
+        fit(_mlp(), _mse, _toy_regression(64), steps=6, batch_size=16, lr=1e-3, device="cpu", progress=False)
