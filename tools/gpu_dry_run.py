@@ -78,7 +78,7 @@ def main(argv=None) -> int:
                 continue
             rows.append((lesson.stem, seconds, peak))
             print(f"[gpu dry run] {lesson.stem}: {seconds:.0f} s, peak {peak / 2**30:.2f} GiB", flush=True)
-    print(f"\n| lesson | seconds | peak memory (GiB) |\n|---|---|---|")
+    print("\n| lesson | seconds | peak memory (GiB) |\n|---|---|---|")
     for stem, seconds, peak in rows:
         print(f"| {stem} | {seconds:.0f} | {peak / 2**30:.2f} |")
     print(f"\ngpu profile shapes, every fit capped at {args.steps} steps, overrides {args.overrides!r}")
