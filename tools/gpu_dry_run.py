@@ -28,7 +28,7 @@ import psutil
 from tools import lessons as L
 
 STEPS = 3
-OVERRIDES = "n_studies=1500,amp=true"
+OVERRIDES = "n_studies=3000,amp=true"
 
 
 def peak_rss_while(run) -> tuple[float, int]:
@@ -74,7 +74,9 @@ def main(argv=None) -> int:
                                                                  parameters={"PROFILE": "gpu"}))
             except Exception as err:  # report every lesson, then fail
                 failed.append(lesson.stem)
-                print(f"[gpu dry run] {lesson.stem} FAILED: {str(err)[-2000:]}", flush=True)
+                cell = getattr(err, "source", "")  # papermill names the failing cell
+                what = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else str(err)[-2000:]
+                print(f"[gpu dry run] {lesson.stem} FAILED in the cell\n{cell}\n{what}", flush=True)
                 continue
             rows.append((lesson.stem, seconds, peak))
             print(f"[gpu dry run] {lesson.stem}: {seconds:.0f} s, peak {peak / 2**30:.2f} GiB", flush=True)
