@@ -457,7 +457,8 @@ def _settings(model, loss_fn, dataset, eval_fn, *, steps, batch_size, lr, weight
     if launcher is not None:
         checkpoint_path, checkpoint_every, grad_accum, stop_after = launcher.fill(
             desc, checkpoint_path, checkpoint_every, grad_accum, stop_after)
-    steps = min(_positive_int("steps", steps), max_steps() or steps)
+    cap = max_steps()  # the gpu dry run's few steps
+    steps = min(_positive_int("steps", steps), cap or steps)
     batch_size = _positive_int("batch_size", batch_size)
     log_every = _positive_int("log_every", log_every)
     seed = _positive_int("seed", seed, minimum=0)
@@ -474,7 +475,7 @@ def _settings(model, loss_fn, dataset, eval_fn, *, steps, batch_size, lr, weight
         raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
     if warmup_steps is None:
         warmup_steps = int(round(0.05 * steps))
-    warmup_steps = min(_positive_int("warmup_steps", warmup_steps, minimum=0), max_steps() or warmup_steps)
+    warmup_steps = min(_positive_int("warmup_steps", warmup_steps, minimum=0), cap or warmup_steps)
     if warmup_steps > steps:
         raise ValueError(f"warmup_steps={warmup_steps} is longer than the run (steps={steps})")
     if not callable(loss_fn):
