@@ -19,13 +19,13 @@ bounds what a GPU would hold for the same batches).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
-import threading
 import time
-
-import psutil
 
 from tools import lessons as L
 
@@ -33,36 +33,27 @@ STEPS = 3
 OVERRIDES = "n_studies=3000,amp=true"
 
 
-def peak_rss_while(run) -> tuple[float, int]:
-    """Run ``run()``; return its seconds and the peak RSS (bytes) of this process's children."""
-    peak, done = [0], threading.Event()
-
-    def watch():
-        me = psutil.Process()
-        while not done.is_set():
-            try:
-                peak[0] = max([peak[0]] + [c.memory_info().rss for c in me.children(recursive=True)])
-            except psutil.Error:
-                pass
-            done.wait(0.5)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    start = time.perf_counter()
-    try:
-        run()
-    finally:
-        done.set()
-        watcher.join()
-    return time.perf_counter() - start, peak[0]
-
-
-def run_all_cells(nb) -> None:
-    """Execute every cell of ``nb`` in place in the gpu profile, errors kept as outputs."""
+def run_all_cells(lesson) -> list[tuple[int, str, str, str]]:
+    """Execute every cell of ``lesson`` in the gpu profile, errors kept as outputs; return
+    ``(cell, error name, message, cell source)`` for each error."""
     from nbclient import NotebookClient
 
+    nb = L.read_source(lesson)
     NotebookClient(nb, kernel_name="python3", allow_errors=True, timeout=1800,
                    resources={"metadata": {"path": str(L.NOTEBOOKS)}}).execute()
+    return [(i, o["ename"], o["evalue"], cell.source[:600]) for i, cell in enumerate(nb.cells)
+            if cell.cell_type == "code" for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def worker(lesson: str, output: str) -> None:
+    """One lesson in this process, its kernel a child: as benchmarks/bench_lessons.py measures a
+    lesson, the kernel's peak RSS is ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` once it has exited."""
+    started = time.perf_counter()
+    errors = run_all_cells(L.find_lesson(lesson))
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024   # KiB on Linux
+    with open(output, "w") as f:
+        json.dump({"seconds": seconds, "peak_bytes": peak, "errors": errors}, f)
 
 
 def main(argv=None) -> int:
@@ -70,7 +61,11 @@ def main(argv=None) -> int:
     parser.add_argument("lessons", nargs="*", help="lesson numbers (default: all)")
     parser.add_argument("--steps", type=int, default=STEPS, help="the cap on every fit (default %(default)s)")
     parser.add_argument("--overrides", default=OVERRIDES, help="profile overrides (default %(default)r)")
+    parser.add_argument("--worker", nargs=2, metavar=("LESSON", "JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        worker(*args.worker)
+        return 0
     chosen = [L.find_lesson(k) for k in args.lessons] if args.lessons else L.lessons()
     rows, failed = [], []
     with tempfile.TemporaryDirectory(prefix="medmm-gpu-dry-run-") as tmp:
@@ -78,10 +73,13 @@ def main(argv=None) -> int:
                           MEDMM_DATA=tmp, MEDMM_PROFILE="gpu", MEDMM_PROGRESS="text", MEDMM_WIDGETS="static")
         for lesson in chosen:
             print(f"[gpu dry run] {lesson.stem} ...", flush=True)
-            nb = L.read_source(lesson)
-            seconds, peak = peak_rss_while(lambda: run_all_cells(nb))
-            errors = [(i, o["ename"], o["evalue"]) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
-                      for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+            report = os.path.join(tmp, f"{lesson.stem}.json")
+            # a fresh process per lesson: its children's peak RSS is this lesson's kernel alone
+            subprocess.run([sys.executable, "-m", "tools.gpu_dry_run", "--worker", lesson.stem, report],
+                           check=True, cwd=L.ROOT)
+            with open(report) as f:
+                measured = json.load(f)
+            seconds, peak, errors = measured["seconds"], measured["peak_bytes"], measured["errors"]
             learning = [e for e in errors if e[1] == "AssertionError"]
             broken = [e for e in errors if e[1] != "AssertionError"]
             rows.append((lesson.stem, seconds, peak, len(learning), broken))
@@ -89,12 +87,12 @@ def main(argv=None) -> int:
                   f"{len(learning)} learning check(s) not passed, {len(broken)} error(s)", flush=True)
             if broken:
                 failed.append(lesson.stem)
-            for i, name, value in broken:
-                print(f"    cell {i}: {name}: {value[:300]}\n{nb.cells[i].source[:600]}", flush=True)
+            for i, name, value, source in broken:
+                print(f"    cell {i}: {name}: {value[:300]}\n{source}", flush=True)
     print("\n| lesson | seconds | peak memory (GiB) | learning checks not passed | errors |\n|---|---|---|---|---|")
     for stem, seconds, peak, n_learning, broken in rows:
         print(f"| {stem} | {seconds:.0f} | {peak / 2**30:.2f} | {n_learning} | "
-              f"{'; '.join(f'{n}: {v[:80]}' for _, n, v in broken) or 'none'} |")
+              f"{'; '.join(f'{n}: {v[:80]}' for _, n, v, _ in broken) or 'none'} |")
     print(f"\ngpu profile shapes, every fit capped at {args.steps} steps, overrides {args.overrides!r}")
     if failed:
         print("FAILED:", ", ".join(failed))
