@@ -552,16 +552,18 @@ def pretrain_m3ae(P: Profile, data, *, seed: int = 0, steps: int | None = None, 
                   lr: float | None = None, image_mask_ratio: float = 0.75, text_mask_prob: float = 0.15,
                   itm: bool = True, every_occurrence: bool = True, norm_pix_loss: bool = False,
                   decoder_dim: int | None = None, decoder_depth: int = 2, init_text: bool = True,
-                  init_patches: bool = True, dataset: str = "synthcxr", device=None, progress: bool = True):
+                  init_patches: bool = True, mae_options: dict | None = None, dataset: str = "synthcxr", device=None,
+                  progress: bool = True):
     """Train (or load) an M3AE on the training image-report pairs of ``data`` (a ``PreparedData``).
 
     ``every_occurrence``: a chosen word is hidden at every place it occurs in the report; with
     plain token masking the IMPRESSION's copy of a word gives it away and the model never needs
     the image.
     ``init_text`` / ``init_patches``: start from ``pretrain_mlm(P, data, seed=seed)`` (text side and
-    fusion blocks) and ``pretrain_mae(P, data, seed=seed)`` (patch projection) with their default
-    settings (see :meth:`M3AE.init_from`); both come from the cache when the lesson trained them,
-    and are trained here otherwise. Defaults: ``default_text_steps(P, "m3ae")`` steps at
+    fusion blocks) and ``pretrain_mae(P, data, seed=seed, **mae_options)`` (patch projection; pass the
+    lesson's MAE settings, e.g. ``dict(steps=..., norm_pix_loss=False)``, to start from that MAE), see
+    :meth:`M3AE.init_from`; both come from the cache when the lesson trained them, and are trained
+    here otherwise. Defaults: ``default_text_steps(P, "m3ae")`` steps at
     ``TEXT_LR_SCALE * P.lr``.
 
     Returns ``(model, info)`` from :func:`medmm_lite.hub.load_or_train`; the History logs the
@@ -578,13 +580,16 @@ def pretrain_m3ae(P: Profile, data, *, seed: int = 0, steps: int | None = None, 
            "text_mask_prob": text_mask_prob, "itm": itm, "every_occurrence": every_occurrence,
            "norm_pix_loss": norm_pix_loss, "decoder_dim": decoder_dim, "decoder_depth": decoder_depth,
            "init_text": init_text, "init_patches": init_patches}
+    if mae_options:   # only then: a key without it stays the key of M3AEs trained before it existed
+        key["mae_options"] = sorted(mae_options.items())
 
     def build():
         return _seeded(lambda: build_m3ae(P, vocab_size, decoder_dim, decoder_depth, norm_pix_loss), seed)
 
     def train(model):
         mlm = pretrain_mlm(P, data, seed=seed, dataset=dataset, device=device, progress=progress)[0] if init_text else None
-        mae = pretrain_mae(P, data, seed=seed, dataset=dataset, device=device, progress=progress)[0] if init_patches else None
+        mae = (pretrain_mae(P, data, seed=seed, dataset=dataset, device=device, progress=progress, **(mae_options or {}))[0]
+               if init_patches else None)
         model.init_from(mlm, mae)
         model.set_pixel_statistics(data.cohort.images[train_idx])
         masks = torch.Generator().manual_seed(seed)
