@@ -281,8 +281,9 @@ print(f"a region's top word takes {top_share:.0%} of it; in {same_owner:.0%} of 
 
 # %%
 _, cosine_attention = word_region_attention(out.words, out.image_local, 4.0, out.word_mask, attention="cosine")
-by_hand = torch.softmax(4.0 * F.normalize(out.words[0, :3], dim=-1) @ F.normalize(out.image_local[0], dim=-1).t(), 1)
-torch.testing.assert_close(cosine_attention[0, :3], by_hand)
+real = out.word_mask[0]   # the sentence's words; padding words get no map
+by_hand = torch.softmax(4.0 * F.normalize(out.words[0][real], dim=-1) @ F.normalize(out.image_local[0], dim=-1).t(), 1)
+torch.testing.assert_close(cosine_attention[0][real], by_hand)
 
 # %% [markdown]
 # ## 6. Two arms at one budget
