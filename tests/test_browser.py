@@ -120,10 +120,12 @@ def browser():
 
 
 def wait_for(driver, condition, what: str, timeout: float = WAIT_S):
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: condition(d))
+        # a widget that redraws replaces its elements between finding one and reading it: try again
+        return WebDriverWait(driver, timeout, poll_frequency=0.5,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: condition(d))
     except TimeoutException:
         SHOTS.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(SHOTS / "timeout.png"))
@@ -174,16 +176,15 @@ def test_retrieval_browser_redraws_on_input(lab, browser):
     wait_for(browser, lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, ".lm-Menu-itemLabel")
                                  if e.text == "Run All Cells"], "Run All Cells")[0].click()
 
-    def answer_list(d):
-        items = d.find_elements(By.CSS_SELECTOR, ".widget-html ol li")
-        return items if items else None
+    def answer_list(d):   # the texts, read at once: the elements go stale when the view redraws
+        return [item.text for item in d.find_elements(By.CSS_SELECTOR, ".widget-html ol li")] or None
 
     first = wait_for(browser, answer_list, "the retrieval browser's nearest reports")
-    assert "report number 2:" in first[0].text and "its own report" in first[0].text
+    assert "report number 2:" in first[0] and "its own report" in first[0]
     box = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".widget-text input"), "the study box")[0]
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys("5", Keys.ENTER)
-    wait_for(browser, lambda d: (items := answer_list(d)) and "report number 5:" in items[0].text,
+    wait_for(browser, lambda d: (items := answer_list(d)) and "report number 5:" in items[0],
              "the view redrawn for study 5")
     SHOTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SHOTS / "widget_retrieval_browser.png"))
