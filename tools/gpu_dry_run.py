@@ -75,11 +75,16 @@ def main(argv=None) -> int:
             print(f"[gpu dry run] {lesson.stem} ...", flush=True)
             report = os.path.join(tmp, f"{lesson.stem}.json")
             # a fresh process per lesson: its children's peak RSS is this lesson's kernel alone
-            subprocess.run([sys.executable, "-m", "tools.gpu_dry_run", "--worker", lesson.stem, report],
-                           check=True, cwd=L.ROOT)
-            with open(report) as f:
-                measured = json.load(f)
-            seconds, peak, errors = measured["seconds"], measured["peak_bytes"], measured["errors"]
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "tools.gpu_dry_run", "--worker", lesson.stem, report],
+                                  cwd=L.ROOT)
+            if done.returncode == 0:
+                with open(report) as f:
+                    measured = json.load(f)
+                seconds, peak, errors = measured["seconds"], measured["peak_bytes"], measured["errors"]
+            else:   # the kernel or the runner died (out of memory, killed): a failed lesson, not a lost table
+                seconds, peak = time.perf_counter() - started, 0
+                errors = [(-1, "RunnerFailed", f"the lesson's process exited with {done.returncode}", "")]
             learning = [e for e in errors if e[1] == "AssertionError"]
             broken = [e for e in errors if e[1] != "AssertionError"]
             rows.append((lesson.stem, seconds, peak, len(learning), broken))
