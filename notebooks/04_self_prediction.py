@@ -738,7 +738,7 @@ fig.tight_layout()
 # stem (lesson 01) random features already probe well, so an encoder's probe being above chance
 # says little; being above the random ViT's says pretraining taught it something. The cell below
 # prints that difference for MAE and the M3AE at each label fraction. With MAE's ImageNet setting
-# (normalised targets, the course's step count) MAE's probe stayed at the random ViT's on the
+# (normalised targets, the course's step count) MAE's probe stayed at or below the random ViT's on the
 # validation split; section 3's setting is the one that did not (docs/performance.md).
 
 # %%
