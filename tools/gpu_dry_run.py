@@ -48,12 +48,10 @@ def run_all_cells(lesson) -> list[tuple[int, str, str, str]]:
 def worker(lesson: str, output: str) -> None:
     """One lesson in this process, its kernel a child: as benchmarks/bench_lessons.py measures a
     lesson, the kernel's peak RSS is ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` once it has exited."""
-    started = time.perf_counter()
     errors = run_all_cells(L.find_lesson(lesson))
-    seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024   # KiB on Linux
     with open(output, "w") as f:
-        json.dump({"seconds": seconds, "peak_bytes": peak, "errors": errors}, f)
+        json.dump({"peak_bytes": peak, "errors": errors}, f)
 
 
 def main(argv=None) -> int:
@@ -78,12 +76,13 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             done = subprocess.run([sys.executable, "-m", "tools.gpu_dry_run", "--worker", lesson.stem, report],
                                   cwd=L.ROOT)
+            seconds = time.perf_counter() - started
             if done.returncode == 0:
                 with open(report) as f:
                     measured = json.load(f)
-                seconds, peak, errors = measured["seconds"], measured["peak_bytes"], measured["errors"]
+                peak, errors = measured["peak_bytes"], measured["errors"]
             else:   # the kernel or the runner died (out of memory, killed): a failed lesson, not a lost table
-                seconds, peak = time.perf_counter() - started, 0
+                peak = 0
                 errors = [(-1, "RunnerFailed", f"the lesson's process exited with {done.returncode}", "")]
             learning = [e for e in errors if e[1] == "AssertionError"]
             broken = [e for e in errors if e[1] != "AssertionError"]
